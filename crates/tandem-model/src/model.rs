@@ -1,0 +1,416 @@
+//! A loaded model: prepared once, immutable, shared by `Arc`, run from any
+//! number of threads at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tandem_core::{FeatureBatch, Predictions};
+use tract_onnx::prelude::*;
+
+use crate::config::{ModelConfig, NonFinite};
+use crate::error::ModelError;
+use crate::load;
+
+/// Element type of a model input or output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 64-bit float.
+    F64,
+    /// 64-bit signed integer (class labels).
+    I64,
+    /// 32-bit signed integer.
+    I32,
+    /// Boolean.
+    Bool,
+    /// UTF-8 string (class labels).
+    String,
+    /// Anything else tract can hold.
+    Other,
+}
+
+impl DType {
+    fn of(dt: DatumType) -> DType {
+        match dt {
+            DatumType::F32 => DType::F32,
+            DatumType::F64 => DType::F64,
+            // tract types int64 tensors it may use as shapes as TDim.
+            DatumType::I64 | DatumType::TDim => DType::I64,
+            DatumType::I32 => DType::I32,
+            DatumType::Bool => DType::Bool,
+            DatumType::String => DType::String,
+            _ => DType::Other,
+        }
+    }
+
+    /// Name in the KServe V2 / Triton vocabulary.
+    pub fn kserve_name(self) -> &'static str {
+        match self {
+            DType::F32 => "FP32",
+            DType::F64 => "FP64",
+            DType::I64 => "INT64",
+            DType::I32 => "INT32",
+            DType::Bool => "BOOL",
+            DType::String | DType::Other => "BYTES",
+        }
+    }
+
+    /// Name in the TensorFlow vocabulary (`DT_FLOAT`, ...).
+    pub fn tf_name(self) -> &'static str {
+        match self {
+            DType::F32 => "DT_FLOAT",
+            DType::F64 => "DT_DOUBLE",
+            DType::I64 => "DT_INT64",
+            DType::I32 => "DT_INT32",
+            DType::Bool => "DT_BOOL",
+            DType::String | DType::Other => "DT_STRING",
+        }
+    }
+}
+
+/// Name, element type and shape of a model input or output; `None` in the
+/// shape is a variable dimension (the batch).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorInfo {
+    /// Tensor name in the graph.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions; `None` is variable.
+    pub shape: Vec<Option<usize>>,
+    /// Class labels of a classifier's probability output (from its `ZipMap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_labels: Option<Vec<String>>,
+}
+
+/// What a model takes and gives, for inspection and the protocol metadata
+/// endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelMetadata {
+    /// The model's inputs (always one `[N, F]` float tensor).
+    pub inputs: Vec<TensorInfo>,
+    /// The model's outputs, in graph order.
+    pub outputs: Vec<TensorInfo>,
+    /// Operator counts, `domain:op` (default domain omitted).
+    pub operators: BTreeMap<String, usize>,
+    /// Feature names, from the sidecar, if given.
+    pub feature_names: Vec<String>,
+    /// `producer_name producer_version` from the file.
+    pub producer: String,
+    /// Opsets imported, `domain -> version`.
+    pub opsets: BTreeMap<String, i64>,
+}
+
+/// One output of a run, as plain data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputData {
+    /// Float values, row-major.
+    F32(Vec<f32>),
+    /// Integer values (class labels), row-major.
+    I64(Vec<i64>),
+    /// Strings (class labels).
+    String(Vec<String>),
+}
+
+/// One named output tensor of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputTensor {
+    /// Output name.
+    pub name: String,
+    /// Concrete shape.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: OutputData,
+}
+
+/// Which columns of the selected output make the prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Columns {
+    One(usize),
+    All,
+}
+
+/// A loaded model. Cheap to share (`Arc<Model>`); [`Model::predict`] takes
+/// `&self` and holds no lock.
+#[derive(Debug)]
+pub struct Model {
+    name: String,
+    version: u64,
+    path: PathBuf,
+    plan: Arc<TypedRunnableModel>,
+    metadata: ModelMetadata,
+    width: usize,
+    output: usize,
+    columns: Columns,
+    prediction_width: usize,
+    non_finite: NonFinite,
+}
+
+impl Model {
+    /// Loads an `.onnx` file, reading its sidecar (`<stem>.toml`) if there
+    /// is one. The name is the file stem (or, for a repository's
+    /// `<name>/<version>/model.onnx`, the model directory) and the version 1
+    /// (or the version directory).
+    pub fn load(path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        let path = path.as_ref();
+        let (name, version) = name_and_version(path);
+        let config = ModelConfig::for_model(path)?.map(|(c, _)| c).unwrap_or_default();
+        Model::load_with(path, name, version, &config)
+    }
+
+    /// Loads an `.onnx` file with an explicit name, version and config.
+    pub fn load_with(
+        path: &Path,
+        name: String,
+        version: u64,
+        config: &ModelConfig,
+    ) -> Result<Model, ModelError> {
+        let proto = load::read_proto(path)?;
+        let config_err = |detail: String| ModelError::Config { path: path.to_path_buf(), detail };
+        let names = &config.features.names;
+        let width = match (load::declared_width(&proto.model), names.len()) {
+            (Some(w), 0) => w,
+            (Some(w), n) if n == w => w,
+            (Some(w), n) => {
+                return Err(config_err(format!(
+                    "features.names lists {n} features but the model input has {w}"
+                )));
+            }
+            (None, 0) => {
+                return Err(config_err(
+                    "the model input has no fixed feature count; list them in features.names".into(),
+                ));
+            }
+            (None, n) => n,
+        };
+        let (plan, typed) = load::plan(&proto, width, path)?;
+
+        let model = &proto.model;
+        let graph_outputs: Vec<String> =
+            model.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+        let input_name = typed
+            .input_outlets()
+            .ok()
+            .and_then(|o| o.first().map(|&o| typed.node(o.node).name.clone()))
+            .unwrap_or_default();
+        let mut outputs = vec![];
+        for (i, outlet) in typed.output_outlets().map_err(|e| ModelError::compile(path, &e))?.iter().enumerate() {
+            let fact = typed.outlet_fact(*outlet).map_err(|e| ModelError::compile(path, &e))?;
+            let name = graph_outputs.get(i).cloned().unwrap_or_else(|| format!("output_{i}"));
+            outputs.push(TensorInfo {
+                class_labels: proto.zipmap_labels.get(&name).cloned(),
+                name,
+                dtype: DType::of(fact.datum_type),
+                shape: fact.shape.iter().map(|d| tract_onnx::tract_hir::internal::DimLike::to_usize(d).ok()).collect(),
+            });
+        }
+        let metadata = ModelMetadata {
+            inputs: vec![TensorInfo {
+                name: input_name,
+                dtype: DType::F32,
+                shape: vec![None, Some(width)],
+                class_labels: None,
+            }],
+            operators: proto.operators.clone(),
+            feature_names: names.clone(),
+            producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+            opsets: model
+                .opset_import
+                .iter()
+                .map(|o| (if o.domain.is_empty() { "ai.onnx".to_string() } else { o.domain.clone() }, o.version))
+                .collect(),
+            outputs,
+        };
+        let (output, columns, prediction_width) = select_output(&metadata, config).map_err(config_err)?;
+        Ok(Model {
+            name,
+            version,
+            path: path.to_path_buf(),
+            plan,
+            metadata,
+            width,
+            output,
+            columns,
+            prediction_width,
+            non_finite: config.inputs.non_finite,
+        })
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model's version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Features per input row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Values per prediction (1 for a scalar).
+    pub fn prediction_width(&self) -> usize {
+        self.prediction_width
+    }
+
+    /// The selected output's name.
+    pub fn prediction_output(&self) -> &str {
+        &self.metadata.outputs[self.output].name
+    }
+
+    /// Inputs, outputs, operators.
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    fn check_input(&self, batch: &FeatureBatch) -> Result<(), ModelError> {
+        if batch.width() != self.width {
+            return Err(ModelError::InputWidth { expected: self.width, got: batch.width() });
+        }
+        if self.non_finite == NonFinite::Reject {
+            if let Some(i) = batch.values().iter().position(|v| !v.is_finite()) {
+                let (row, feature) = (i / self.width, i % self.width);
+                return Err(ModelError::NonFiniteInput {
+                    row,
+                    feature,
+                    name: self
+                        .metadata
+                        .feature_names
+                        .get(feature)
+                        .cloned()
+                        .unwrap_or_else(|| feature.to_string()),
+                    value: batch.values()[i],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run_raw(&self, batch: &FeatureBatch) -> Result<TVec<TValue>, ModelError> {
+        self.check_input(batch)?;
+        let input = Tensor::from_shape(&[batch.rows(), self.width], batch.values())
+            .map_err(|e| ModelError::Run(crate::error::chain(&e)))?;
+        self.plan.run(tvec!(input.into_tvalue())).map_err(|e| ModelError::Run(crate::error::chain(&e)))
+    }
+
+    /// Runs the model and returns every output.
+    pub fn run(&self, batch: &FeatureBatch) -> Result<Vec<OutputTensor>, ModelError> {
+        let outs = self.run_raw(batch)?;
+        outs.iter()
+            .zip(&self.metadata.outputs)
+            .map(|(t, info)| {
+                let shape = t.shape().to_vec();
+                let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
+                let data = match t.datum_type() {
+                    DatumType::String => {
+                        OutputData::String(t.try_as_plain_ram().map_err(err)?.as_slice::<String>().map_err(err)?.to_vec())
+                    }
+                    DatumType::I64 | DatumType::TDim | DatumType::I32 | DatumType::Bool | DatumType::U8 => {
+                        let c = t.cast_to::<i64>().map_err(err)?;
+                        OutputData::I64(c.try_as_plain_ram().map_err(err)?.as_slice::<i64>().map_err(err)?.to_vec())
+                    }
+                    _ => {
+                        let c = t.cast_to::<f32>().map_err(err)?;
+                        OutputData::F32(c.try_as_plain_ram().map_err(err)?.as_slice::<f32>().map_err(err)?.to_vec())
+                    }
+                };
+                Ok(OutputTensor { name: info.name.clone(), shape, data })
+            })
+            .collect()
+    }
+
+    /// Runs the model and returns "the prediction" of every row: the
+    /// configured output and column.
+    pub fn predict(&self, batch: &FeatureBatch) -> Result<Predictions, ModelError> {
+        let rows = batch.rows();
+        let outs = self.run_raw(batch)?;
+        let t = outs.get(self.output).ok_or_else(|| ModelError::Run("output missing".into()))?;
+        let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
+        let t = t.cast_to::<f32>().map_err(err)?;
+        let values = t.try_as_plain_ram().map_err(err)?.as_slice::<f32>().map_err(err)?;
+        if rows == 0 {
+            return Predictions::new(vec![], self.prediction_width).map_err(|e| ModelError::Run(e.to_string()));
+        }
+        let per_row = values.len() / rows;
+        if per_row * rows != values.len() {
+            return Err(ModelError::Run(format!("output of {} values for {rows} rows", values.len())));
+        }
+        let picked = match self.columns {
+            Columns::All => values.to_vec(),
+            Columns::One(c) if c < per_row => values.iter().skip(c).step_by(per_row).copied().collect(),
+            Columns::One(c) => {
+                return Err(ModelError::Run(format!("column {c} asked of an output with {per_row} columns")));
+            }
+        };
+        let width = if self.columns == Columns::All { per_row } else { 1 };
+        Predictions::new(picked, width).map_err(|e| ModelError::Run(e.to_string()))
+    }
+}
+
+fn name_and_version(path: &Path) -> (String, u64) {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let version_dir = path.parent();
+    if let Some(v) = version_dir.and_then(|d| d.file_name()).and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(name) = version_dir.and_then(Path::parent).and_then(|d| d.file_name()).and_then(|s| s.to_str()) {
+            return (name.to_string(), v);
+        }
+    }
+    (stem, 1)
+}
+
+fn select_output(meta: &ModelMetadata, config: &ModelConfig) -> Result<(usize, Columns, usize), String> {
+    let sel = &config.output;
+    let names = || meta.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
+    let index = if let Some(name) = &sel.name {
+        meta.outputs
+            .iter()
+            .position(|o| &o.name == name)
+            .ok_or_else(|| format!("output.name '{name}' is not an output of the model (outputs: {})", names()))?
+    } else if let Some(i) = sel.index {
+        if i >= meta.outputs.len() {
+            return Err(format!("output.index {i} is out of range (outputs: {})", names()));
+        }
+        i
+    } else {
+        let numeric = |o: &&TensorInfo| matches!(o.dtype, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::Bool);
+        meta.outputs
+            .iter()
+            .position(|o| matches!(o.dtype, DType::F32 | DType::F64))
+            .or_else(|| meta.outputs.iter().position(|o| numeric(&o)))
+            .ok_or_else(|| format!("the model has no numeric output to predict from (outputs: {})", names()))?
+    };
+    let out = &meta.outputs[index];
+    if !matches!(out.dtype, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::Bool) {
+        return Err(format!("output '{}' holds {:?} values, not numbers", out.name, out.dtype));
+    }
+    let width: Option<usize> = match out.shape.len() {
+        0 | 1 => Some(1),
+        _ => out.shape[1..].iter().try_fold(1usize, |acc, d| d.map(|d| acc * d)),
+    };
+    let columns = match (sel.column, width) {
+        (Some(c), Some(w)) if c >= w => {
+            return Err(format!("output.column {c} is out of range: output '{}' has {w} columns", out.name));
+        }
+        (Some(c), _) => Columns::One(c),
+        (None, Some(1)) => Columns::One(0),
+        (None, Some(2)) => Columns::One(1),
+        (None, _) => Columns::All,
+    };
+    let prediction_width = match columns {
+        Columns::One(_) => 1,
+        Columns::All => width.unwrap_or(0),
+    };
+    Ok((index, columns, prediction_width))
+}

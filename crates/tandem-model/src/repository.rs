@@ -1,0 +1,1 @@
+pub struct ModelRepository; pub enum VersionPolicy{} pub enum VersionSpec{}

@@ -1,0 +1,152 @@
+//! Every fixture model, every row, every output, against onnxruntime's
+//! recorded outputs: `|tandem - ref| <= 1e-4 * max(1, |ref|)`, labels exact.
+//! The fixtures are real converter exports (scripts/fixtures/make_models.py)
+//! and hand-built operator graphs that exercise every attribute.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tandem_core::FeatureBatch;
+use tandem_model::{Model, OutputData};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn close(got: f32, want: f64) -> bool {
+    let tol = 1e-4 * want.abs().max(1.0);
+    (f64::from(got) - want).abs() <= tol
+}
+
+/// Checks one model file against its reference JSON; returns failures.
+fn check(model_path: &Path, reference: &Path) -> Vec<String> {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(reference).unwrap()).unwrap();
+    let model = match Model::load(model_path) {
+        Ok(m) => m,
+        Err(e) => return vec![format!("{}: load failed: {e}", model_path.display())],
+    };
+    let rows: Vec<Vec<f32>> = r["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().map_or(f32::NAN, |x| x as f32)).collect())
+        .collect();
+    let batch = FeatureBatch::from_rows(&rows).unwrap();
+    let outputs = match model.run(&batch) {
+        Ok(o) => o,
+        Err(e) => return vec![format!("{}: run failed: {e}", model_path.display())],
+    };
+    let mut failures = vec![];
+    let name = r["model"].as_str().unwrap().to_string();
+    for (out_name, want) in r["outputs"].as_object().unwrap() {
+        let Some(got) = outputs.iter().find(|o| &o.name == out_name) else {
+            failures.push(format!("{name}: no output {out_name}"));
+            continue;
+        };
+        let kind = want["kind"].as_str().unwrap();
+        let data = want["data"].as_array().unwrap();
+        match (kind, &got.data) {
+            ("float", OutputData::F32(v)) => {
+                if v.len() != data.len() {
+                    failures.push(format!("{name}/{out_name}: {} values, want {}", v.len(), data.len()));
+                    continue;
+                }
+                let width = v.len() / rows.len().max(1);
+                for (i, (g, w)) in v.iter().zip(data).enumerate() {
+                    let ok = match w.as_f64() {
+                        Some(w) => close(*g, w),
+                        None => !g.is_finite(),
+                    };
+                    if !ok {
+                        failures.push(format!("{name}/{out_name}: row {} col {}: got {g}, want {w}", i / width.max(1), i % width.max(1)));
+                    }
+                }
+            }
+            ("int64", OutputData::I64(v)) => {
+                let want: Vec<i64> = data.iter().map(|x| x.as_i64().unwrap()).collect();
+                for (i, (g, w)) in v.iter().zip(&want).enumerate() {
+                    if g != w {
+                        failures.push(format!("{name}/{out_name}: row {i}: label {g}, want {w}"));
+                    }
+                }
+                if v.len() != want.len() {
+                    failures.push(format!("{name}/{out_name}: {} labels, want {}", v.len(), want.len()));
+                }
+            }
+            ("string", OutputData::String(v)) => {
+                let want: Vec<&str> = data.iter().map(|x| x.as_str().unwrap()).collect();
+                if v.iter().map(String::as_str).collect::<Vec<_>>() != want {
+                    failures.push(format!("{name}/{out_name}: labels differ: {v:?} vs {want:?}"));
+                }
+            }
+            ("zipmap", OutputData::F32(v)) => {
+                // A sequence of {label: probability}; tandem serves the [N, C]
+                // tensor with the labels in its metadata.
+                let info = model.metadata().outputs.iter().find(|o| &o.name == out_name).unwrap();
+                let labels = info.class_labels.clone().expect("zipmap output keeps its labels");
+                let c = labels.len();
+                for (i, m) in data.iter().enumerate() {
+                    for (j, label) in labels.iter().enumerate() {
+                        let w = m[label].as_f64().unwrap();
+                        let g = v[i * c + j];
+                        if !close(g, w) {
+                            failures.push(format!("{name}/{out_name}: row {i} class {label}: got {g}, want {w}"));
+                        }
+                    }
+                }
+            }
+            (kind, data) => failures.push(format!("{name}/{out_name}: reference is {kind}, tandem gave {}", match data { OutputData::F32(_) => "float", OutputData::I64(_) => "int64", OutputData::String(_) => "string" })),
+        }
+    }
+    failures
+}
+
+fn report(failures: Vec<String>, checked: usize) {
+    assert!(checked > 0, "no fixtures found");
+    if !failures.is_empty() {
+        // At most three examples per output, so every failing output shows.
+        let n = failures.len();
+        let mut per_output: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for f in failures {
+            let key = f.split(':').next().unwrap_or_default().to_string();
+            per_output.entry(key).or_default().push(f);
+        }
+        let shown: Vec<String> = per_output
+            .values()
+            .flat_map(|v| v.iter().take(3).cloned().chain(std::iter::once(format!("  ({} in all)", v.len()))))
+            .collect();
+        panic!("{n} mismatches over {checked} fixtures:\n{}", shown.join("\n"));
+    }
+}
+
+#[test]
+fn converter_exports_match_onnxruntime() {
+    let mut failures = vec![];
+    let mut checked = 0;
+    let mut dirs: Vec<_> = std::fs::read_dir(fixtures().join("models")).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    for dir in dirs {
+        let v = dir.join("1");
+        failures.extend(check(&v.join("model.onnx"), &v.join("reference.json")));
+        checked += 1;
+    }
+    assert!(checked >= 12, "expected every converter fixture, found {checked}");
+    report(failures, checked);
+}
+
+#[test]
+fn operator_graphs_match_onnxruntime() {
+    let mut failures = vec![];
+    let mut checked = 0;
+    let mut files: Vec<_> = std::fs::read_dir(fixtures().join("ops"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    files.sort();
+    for f in files {
+        failures.extend(check(&f, &f.with_extension("json")));
+        checked += 1;
+    }
+    report(failures, checked);
+}
