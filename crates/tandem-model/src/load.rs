@@ -129,13 +129,25 @@ pub(crate) fn declared_width(model: &ModelProto) -> Option<usize> {
     }
 }
 
-/// Parses, types and optimises the graph for a `[N, width]` f32 input with a
-/// symbolic batch dimension, and plans it.
-pub(crate) fn plan(
-    proto: &Proto,
-    width: usize,
-    path: &Path,
-) -> Result<(Arc<TypedRunnableModel>, TypedModel), ModelError> {
+/// Rows per run of the fixed-size plan: tract optimises much better for a
+/// concrete batch dimension (3-4x on dense layers), so large batches are run
+/// in chunks of this many rows on a plan built for exactly this size.
+pub(crate) const CHUNK: usize = 1024;
+
+/// The prepared plans of a model.
+pub(crate) struct Plans {
+    /// Any batch size (symbolic `N`).
+    pub any: Arc<TypedRunnableModel>,
+    /// Exactly [`CHUNK`] rows.
+    pub chunk: Arc<TypedRunnableModel>,
+    /// The typed (decluttered) model, for metadata.
+    pub typed: TypedModel,
+}
+
+/// Parses the graph once, then types, optimises and plans it for a
+/// `[N, width]` f32 input with a symbolic batch dimension, and again for
+/// `[CHUNK, width]`.
+pub(crate) fn plan(proto: &Proto, width: usize, path: &Path) -> Result<Plans, ModelError> {
     let dir = path.parent().and_then(|d| d.to_str());
     let parsed = framework().parse(&proto.model, dir).map_err(|e| ModelError::compile(path, &e))?;
     if !parsed.unresolved_inputs.is_empty() {
@@ -144,22 +156,27 @@ pub(crate) fn plan(
             detail: format!("unresolved graph inputs {:?}", parsed.unresolved_inputs),
         });
     }
-    let mut model = parsed.model;
+    let model = parsed.model;
     if model.input_outlets().map_err(|e| ModelError::compile(path, &e))?.len() != 1 {
         return Err(ModelError::Compile {
             path: path.to_path_buf(),
             detail: "tandem serves models with exactly one input tensor [N, F]".into(),
         });
     }
-    let n = model.symbols.sym("N");
-    model
-        .set_input_fact(0, f32::fact([n.to_dim(), width.to_dim()]).into())
-        .map_err(|e| ModelError::compile(path, &e))?;
-    let typed = model
-        .into_typed()
-        .and_then(|m| m.into_decluttered())
-        .map_err(|e| ModelError::compile(path, &e))?;
-    let optimized = typed.clone().into_optimized().map_err(|e| ModelError::compile(path, &e))?;
-    let plan = optimized.into_runnable().map_err(|e| ModelError::compile(path, &e))?;
-    Ok((plan, typed))
+    let build = |mut model: InferenceModel, rows: Option<usize>| -> TractResult<TypedModel> {
+        let n = match rows {
+            Some(r) => r.to_dim(),
+            None => model.symbols.sym("N").to_dim(),
+        };
+        model.set_input_fact(0, f32::fact([n, width.to_dim()]).into())?;
+        model.into_typed()?.into_decluttered()
+    };
+    let typed = build(model.clone(), None).map_err(|e| ModelError::compile(path, &e))?;
+    let any = typed.clone().into_optimized().and_then(|m| m.into_runnable());
+    let chunk = build(model, Some(CHUNK)).and_then(|m| m.into_optimized()).and_then(|m| m.into_runnable());
+    Ok(Plans {
+        any: any.map_err(|e| ModelError::compile(path, &e))?,
+        chunk: chunk.map_err(|e| ModelError::compile(path, &e))?,
+        typed,
+    })
 }

@@ -142,6 +142,7 @@ pub struct Model {
     version: u64,
     path: PathBuf,
     plan: Arc<TypedRunnableModel>,
+    chunk_plan: Arc<TypedRunnableModel>,
     metadata: ModelMetadata,
     width: usize,
     output: usize,
@@ -187,7 +188,7 @@ impl Model {
             }
             (None, n) => n,
         };
-        let (plan, typed) = load::plan(&proto, width, path)?;
+        let load::Plans { any: plan, chunk: chunk_plan, typed } = load::plan(&proto, width, path)?;
 
         let model = &proto.model;
         let graph_outputs: Vec<String> =
@@ -231,6 +232,7 @@ impl Model {
             version,
             path: path.to_path_buf(),
             plan,
+            chunk_plan,
             metadata,
             width,
             output,
@@ -300,9 +302,29 @@ impl Model {
 
     fn run_raw(&self, batch: &FeatureBatch) -> Result<TVec<TValue>, ModelError> {
         self.check_input(batch)?;
-        let input = Tensor::from_shape(&[batch.rows(), self.width], batch.values())
-            .map_err(|e| ModelError::Run(crate::error::chain(&e)))?;
-        self.plan.run(tvec!(input.into_tvalue())).map_err(|e| ModelError::Run(crate::error::chain(&e)))
+        let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
+        let run = |plan: &Arc<TypedRunnableModel>, values: &[f32]| -> Result<TVec<TValue>, ModelError> {
+            let input = Tensor::from_shape(&[values.len() / self.width, self.width], values).map_err(err)?;
+            plan.run(tvec!(input.into_tvalue())).map_err(err)
+        };
+        let rows = batch.rows();
+        if rows < 2 * load::CHUNK {
+            return run(&self.plan, batch.values());
+        }
+        // Full chunks on the fixed-size plan, the tail on the general one,
+        // then every output concatenated along the batch axis.
+        let mut parts: Vec<TVec<TValue>> = Vec::with_capacity(rows / load::CHUNK + 1);
+        for chunk in batch.values().chunks(load::CHUNK * self.width) {
+            let plan = if chunk.len() == load::CHUNK * self.width { &self.chunk_plan } else { &self.plan };
+            parts.push(run(plan, chunk)?);
+        }
+        let n_outputs = parts[0].len();
+        (0..n_outputs)
+            .map(|o| {
+                let pieces: Vec<&Tensor> = parts.iter().map(|p| &*p[o]).collect();
+                Tensor::stack_tensors(0, &pieces).map(IntoTValue::into_tvalue).map_err(err)
+            })
+            .collect()
     }
 
     /// Runs the model and returns every output.

@@ -150,3 +150,28 @@ fn operator_graphs_match_onnxruntime() {
     }
     report(failures, checked);
 }
+
+#[test]
+fn large_batches_run_in_chunks_and_agree_with_small_batches() {
+    // 2 * 1024 + 37 rows: two fixed-size chunks and a tail, for a network,
+    // a classifier with a label output and a regressor.
+    for fixture in ["sklearn_mlp_regressor", "lightgbm_classifier", "sklearn_hgb_regressor"] {
+        let model = Model::load(fixtures().join("models").join(fixture).join("1/model.onnx")).unwrap();
+        let w = model.width();
+        let rows = 2 * 1024 + 37;
+        let values: Vec<f32> = (0..rows * w).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let big = FeatureBatch::new(values.clone(), w).unwrap();
+        let all = model.run(&big).unwrap();
+        let whole = model.predict(&big).unwrap();
+        assert_eq!(whole.rows(), rows);
+        for start in (0..rows).step_by(300) {
+            let end = (start + 300).min(rows);
+            let small = FeatureBatch::new(values[start * w..end * w].to_vec(), w).unwrap();
+            let part = model.predict(&small).unwrap();
+            assert_eq!(part.values(), &whole.values()[start..end], "{fixture} rows {start}..{end}");
+        }
+        for out in &all {
+            assert_eq!(out.shape[0], rows, "{fixture}/{}", out.name);
+        }
+    }
+}
