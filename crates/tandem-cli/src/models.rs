@@ -66,19 +66,29 @@ fn models_at(path: &Path, policy: VersionPolicy) -> anyhow::Result<Vec<(Arc<Mode
         return Ok(vec![(Arc::new(Model::load(path)?), vec![])]);
     }
     if path.join("model.onnx").is_file() {
-        return Ok(vec![(Arc::new(Model::load(path.join("model.onnx"))?), vec![])]);
+        return Ok(vec![(
+            Arc::new(Model::load(path.join("model.onnx"))?),
+            vec![],
+        )]);
     }
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
     }
     // A model directory holds numeric version directories; a repository
     // holds model directories.
-    let is_model_dir = std::fs::read_dir(path)?
-        .filter_map(Result::ok)
-        .any(|e| e.file_name().to_str().is_some_and(|s| s.parse::<u64>().is_ok()) && e.path().join("model.onnx").is_file());
+    let is_model_dir = std::fs::read_dir(path)?.filter_map(Result::ok).any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok())
+            && e.path().join("model.onnx").is_file()
+    });
     let (root, only) = if is_model_dir {
         let parent = path.parent().context("a model directory has a parent")?;
-        let name = path.file_name().and_then(|n| n.to_str()).context("model directory name")?.to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("model directory name")?
+            .to_string();
         (parent.to_path_buf(), Some(name))
     } else {
         (path.to_path_buf(), None)
@@ -91,7 +101,12 @@ fn models_at(path: &Path, policy: VersionPolicy) -> anyhow::Result<Vec<(Arc<Mode
         }
         let served = repo.served(&name)?;
         for (v, m) in &served.versions {
-            let labels = served.labels.iter().filter(|(_, lv)| *lv == v).map(|(l, _)| l.clone()).collect();
+            let labels = served
+                .labels
+                .iter()
+                .filter(|(_, lv)| *lv == v)
+                .map(|(l, _)| l.clone())
+                .collect();
             out.push((m.clone(), labels));
         }
     }
@@ -99,7 +114,10 @@ fn models_at(path: &Path, policy: VersionPolicy) -> anyhow::Result<Vec<(Arc<Mode
 }
 
 fn shape_text(shape: &[Option<usize>]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| d.map_or("N".to_string(), |d| d.to_string())).collect();
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| d.map_or("N".to_string(), |d| d.to_string()))
+        .collect();
     format!("[{}]", dims.join(", "))
 }
 
@@ -125,13 +143,21 @@ fn inspect(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     }
     for (m, labels) in &models {
         let meta = m.metadata();
-        let labels = if labels.is_empty() { String::new() } else { format!(" (labels: {})", labels.join(", ")) };
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!(" (labels: {})", labels.join(", "))
+        };
         println!("{} version {}{}", m.name(), m.version(), labels);
         println!("  file:      {}", m.path().display());
         if !meta.producer.is_empty() {
             println!("  producer:  {}", meta.producer);
         }
-        let opsets: Vec<String> = meta.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+        let opsets: Vec<String> = meta
+            .opsets
+            .iter()
+            .map(|(d, v)| format!("{d} {v}"))
+            .collect();
         println!("  opsets:    {}", opsets.join(", "));
         println!("  inputs:");
         for t in &meta.inputs {
@@ -142,11 +168,29 @@ fn inspect(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         }
         println!("  outputs:");
         for t in &meta.outputs {
-            let classes = t.class_labels.as_ref().map(|c| format!(" classes {}", c.join(","))).unwrap_or_default();
-            println!("    {} {:?} {}{}", t.name, t.dtype, shape_text(&t.shape), classes);
+            let classes = t
+                .class_labels
+                .as_ref()
+                .map(|c| format!(" classes {}", c.join(",")))
+                .unwrap_or_default();
+            println!(
+                "    {} {:?} {}{}",
+                t.name,
+                t.dtype,
+                shape_text(&t.shape),
+                classes
+            );
         }
-        println!("  prediction: output '{}', {} value(s) per row", m.prediction_output(), m.prediction_width());
-        let ops: Vec<String> = meta.operators.iter().map(|(op, n)| format!("{op} x{n}")).collect();
+        println!(
+            "  prediction: output '{}', {} value(s) per row",
+            m.prediction_output(),
+            m.prediction_width()
+        );
+        let ops: Vec<String> = meta
+            .operators
+            .iter()
+            .map(|(op, n)| format!("{op} x{n}"))
+            .collect();
         println!("  operators: {}", ops.join(", "));
     }
     Ok(ExitCode::SUCCESS)
@@ -167,7 +211,9 @@ fn predict(args: &PredictArgs) -> anyhow::Result<ExitCode> {
             VersionSpec::Number(v) => models.iter().find(|(m, _)| m.version() == *v),
             VersionSpec::Label(l) => models.iter().find(|(_, labels)| labels.contains(l)),
         };
-        pick.map(|(m, _)| m.clone()).with_context(|| format!("{}: no model version matches {spec:?}", args.path.display()))?
+        pick.map(|(m, _)| m.clone()).with_context(|| {
+            format!("{}: no model version matches {spec:?}", args.path.display())
+        })?
     };
     let rows = crate::input::read(&args.input, &model.metadata().feature_names, model.width())?;
     if rows.values.is_empty() {
@@ -183,7 +229,9 @@ fn predict(args: &PredictArgs) -> anyhow::Result<ExitCode> {
         let cols: Vec<String> = if predictions.width() == 1 {
             vec!["prediction".into()]
         } else {
-            (0..predictions.width()).map(|i| format!("prediction_{i}")).collect()
+            (0..predictions.width())
+                .map(|i| format!("prediction_{i}"))
+                .collect()
         };
         writeln!(out, "row,id,{}", cols.join(","))?;
     }
@@ -191,8 +239,16 @@ fn predict(args: &PredictArgs) -> anyhow::Result<ExitCode> {
         let id = rows.ids[i].clone().unwrap_or_default();
         let p = predictions.row(i);
         if args.json {
-            let value = if p.len() == 1 { json!(finite_or_null(p[0])) } else { json!(p.iter().map(|&v| finite_or_null(v)).collect::<Vec<_>>()) };
-            writeln!(out, "{}", json!({"row": i + 1, "id": rows.ids[i], "prediction": value}))?;
+            let value = if p.len() == 1 {
+                json!(finite_or_null(p[0]))
+            } else {
+                json!(p.iter().map(|&v| finite_or_null(v)).collect::<Vec<_>>())
+            };
+            writeln!(
+                out,
+                "{}",
+                json!({"row": i + 1, "id": rows.ids[i], "prediction": value})
+            )?;
         } else {
             let vals: Vec<String> = p.iter().map(|v| v.to_string()).collect();
             writeln!(out, "{},{},{}", i + 1, id, vals.join(","))?;
@@ -208,7 +264,12 @@ fn predict(args: &PredictArgs) -> anyhow::Result<ExitCode> {
     );
     if !bad.is_empty() {
         let list: Vec<String> = bad.iter().take(10).map(|r| (r + 1).to_string()).collect();
-        eprintln!("warning: {} row(s) have no finite prediction (rows {}{})", bad.len(), list.join(", "), if bad.len() > 10 { ", ..." } else { "" });
+        eprintln!(
+            "warning: {} row(s) have no finite prediction (rows {}{})",
+            bad.len(),
+            list.join(", "),
+            if bad.len() > 10 { ", ..." } else { "" }
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

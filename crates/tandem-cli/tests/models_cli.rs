@@ -8,7 +8,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn tandem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().expect("run tandem")
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .output()
+        .expect("run tandem")
 }
 
 fn text(b: &[u8]) -> String {
@@ -18,7 +21,13 @@ fn text(b: &[u8]) -> String {
 /// Writes the first `n` reference rows of a fixture as CSV with ids.
 fn reference_csv(fixture: &str, n: usize, dir: &Path) -> (PathBuf, serde_json::Value) {
     let r: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("models").join(fixture).join("1/reference.json")).unwrap(),
+        &std::fs::read_to_string(
+            fixtures()
+                .join("models")
+                .join(fixture)
+                .join("1/reference.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let width = r["features"].as_u64().unwrap() as usize;
@@ -28,7 +37,12 @@ fn reference_csv(fixture: &str, n: usize, dir: &Path) -> (PathBuf, serde_json::V
     }
     csv.push('\n');
     for (i, row) in r["inputs"].as_array().unwrap().iter().take(n).enumerate() {
-        let cells: Vec<String> = row.as_array().unwrap().iter().map(|v| v.as_f64().map(|x| x.to_string()).unwrap_or_default()).collect();
+        let cells: Vec<String> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().map(|x| x.to_string()).unwrap_or_default())
+            .collect();
         csv.push_str(&format!("e{i},{}\n", cells.join(",")));
     }
     let path = dir.join(format!("{fixture}.csv"));
@@ -38,10 +52,23 @@ fn reference_csv(fixture: &str, n: usize, dir: &Path) -> (PathBuf, serde_json::V
 
 #[test]
 fn inspect_shows_inputs_outputs_and_operators() {
-    let out = tandem(&["models", "inspect", fixtures().join("models/sklearn_pipeline_scaler_mlp/1/model.onnx").to_str().unwrap()]);
+    let out = tandem(&[
+        "models",
+        "inspect",
+        fixtures()
+            .join("models/sklearn_pipeline_scaler_mlp/1/model.onnx")
+            .to_str()
+            .unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
-    for needle in ["sklearn_pipeline_scaler_mlp version 1", "[N, 8]", "ai.onnx.ml:Scaler x1", "MatMul x2", "prediction: output 'variable'"] {
+    for needle in [
+        "sklearn_pipeline_scaler_mlp version 1",
+        "[N, 8]",
+        "ai.onnx.ml:Scaler x1",
+        "MatMul x2",
+        "prediction: output 'variable'",
+    ] {
         assert!(s.contains(needle), "missing {needle:?} in:\n{s}");
     }
 }
@@ -52,7 +79,11 @@ fn inspect_json_lists_every_version_of_a_repository() {
     for (fixture, v) in [("xgboost_regressor", 1), ("lightgbm_regressor", 2)] {
         let d = dir.path().join("eta").join(v.to_string());
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::copy(fixtures().join("models").join(fixture).join("1/model.onnx"), d.join("model.onnx")).unwrap();
+        std::fs::copy(
+            fixtures().join("models").join(fixture).join("1/model.onnx"),
+            d.join("model.onnx"),
+        )
+        .unwrap();
     }
     std::fs::write(dir.path().join("eta/labels.toml"), "stable = 1\n").unwrap();
     let out = tandem(&["models", "inspect", "--json", dir.path().to_str().unwrap()]);
@@ -69,7 +100,16 @@ fn inspect_json_lists_every_version_of_a_repository() {
 fn predict_csv_matches_the_onnxruntime_reference() {
     let dir = tempfile::tempdir().unwrap();
     let (csv, r) = reference_csv("lightgbm_classifier", 20, dir.path());
-    let out = tandem(&["models", "predict", fixtures().join("models/lightgbm_classifier").to_str().unwrap(), "--input", csv.to_str().unwrap()]);
+    let out = tandem(&[
+        "models",
+        "predict",
+        fixtures()
+            .join("models/lightgbm_classifier")
+            .to_str()
+            .unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -79,7 +119,9 @@ fn predict_csv_matches_the_onnxruntime_reference() {
         let cells: Vec<&str> = line.split(',').collect();
         assert_eq!(cells[1], format!("e{i}"));
         let got: f64 = cells[2].parse().unwrap();
-        let want = r["outputs"]["probabilities"]["data"][i]["1"].as_f64().unwrap();
+        let want = r["outputs"]["probabilities"]["data"][i]["1"]
+            .as_f64()
+            .unwrap();
         assert!((got - want).abs() <= 1e-4, "row {i}: {got} vs {want}");
     }
 }
@@ -88,11 +130,30 @@ fn predict_csv_matches_the_onnxruntime_reference() {
 fn predict_json_objects_by_feature_name() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.json");
-    let row: serde_json::Map<String, serde_json::Value> = (0..8).map(|i| (format!("f{i}"), serde_json::json!(0.25))).collect();
-    std::fs::write(&input, serde_json::json!({"instances": [row.clone(), row]}).to_string()).unwrap();
-    let out = tandem(&["models", "predict", fixtures().join("models/sklearn_rf_regressor/1/model.onnx").to_str().unwrap(), "--input", input.to_str().unwrap(), "--json"]);
+    let row: serde_json::Map<String, serde_json::Value> = (0..8)
+        .map(|i| (format!("f{i}"), serde_json::json!(0.25)))
+        .collect();
+    std::fs::write(
+        &input,
+        serde_json::json!({"instances": [row.clone(), row]}).to_string(),
+    )
+    .unwrap();
+    let out = tandem(&[
+        "models",
+        "predict",
+        fixtures()
+            .join("models/sklearn_rf_regressor/1/model.onnx")
+            .to_str()
+            .unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert!(lines[0]["prediction"].is_f64());
     assert_eq!(lines[0]["prediction"], lines[1]["prediction"]);
@@ -102,11 +163,27 @@ fn predict_json_objects_by_feature_name() {
 fn a_bad_cell_fails_naming_row_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
-    std::fs::write(&input, "f0,f1,f2,f3,f4,f5,f6,f7\n1,2,3,4,5,6,7,8\n1,2,x7,4,5,6,7,8\n").unwrap();
-    let out = tandem(&["models", "predict", fixtures().join("models/xgboost_regressor/1/model.onnx").to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    std::fs::write(
+        &input,
+        "f0,f1,f2,f3,f4,f5,f6,f7\n1,2,3,4,5,6,7,8\n1,2,x7,4,5,6,7,8\n",
+    )
+    .unwrap();
+    let out = tandem(&[
+        "models",
+        "predict",
+        fixtures()
+            .join("models/xgboost_regressor/1/model.onnx")
+            .to_str()
+            .unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("row 2, column 'f2': 'x7' is not a number"), "{err}");
+    assert!(
+        err.contains("row 2, column 'f2': 'x7' is not a number"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "nothing is printed for a failed run");
 }
 
@@ -114,17 +191,41 @@ fn a_bad_cell_fails_naming_row_and_column() {
 fn a_missing_value_through_a_network_exits_1_and_names_the_row() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rows.csv");
-    std::fs::write(&input, "f0,f1,f2,f3,f4,f5,f6,f7\n1,2,3,4,5,6,7,8\n1,2,,4,5,6,7,8\n").unwrap();
-    let out = tandem(&["models", "predict", fixtures().join("models/sklearn_mlp_regressor/1/model.onnx").to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    std::fs::write(
+        &input,
+        "f0,f1,f2,f3,f4,f5,f6,f7\n1,2,3,4,5,6,7,8\n1,2,,4,5,6,7,8\n",
+    )
+    .unwrap();
+    let out = tandem(&[
+        "models",
+        "predict",
+        fixtures()
+            .join("models/sklearn_mlp_regressor/1/model.onnx")
+            .to_str()
+            .unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("1 row(s) have no finite prediction (rows 2)"));
 }
 
 #[test]
 fn load_errors_exit_2_with_the_reason() {
-    let out = tandem(&["models", "inspect", fixtures().join("unsupported/sklearn_svr.onnx").to_str().unwrap()]);
+    let out = tandem(&[
+        "models",
+        "inspect",
+        fixtures()
+            .join("unsupported/sklearn_svr.onnx")
+            .to_str()
+            .unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unsupported operator SVMRegressor"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unsupported operator SVMRegressor"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = tandem(&["models", "inspect", "/nonexistent/model.onnx"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent/model.onnx"));
@@ -135,5 +236,8 @@ fn help_explains_the_flags() {
     let out = tandem(&["models", "predict", "--help"]);
     assert!(out.status.success());
     let s = text(&out.stdout);
-    assert!(s.contains("--input") && s.contains("Empty cells and null are missing values"), "{s}");
+    assert!(
+        s.contains("--input") && s.contains("Empty cells and null are missing values"),
+        "{s}"
+    );
 }

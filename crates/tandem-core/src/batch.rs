@@ -41,8 +41,11 @@ impl FeatureBatch {
         if width == 0 {
             return Err(BatchError::ZeroWidth);
         }
-        if values.len() % width != 0 {
-            return Err(BatchError::Ragged { values: values.len(), width });
+        if !values.len().is_multiple_of(width) {
+            return Err(BatchError::Ragged {
+                values: values.len(),
+                width,
+            });
         }
         Ok(FeatureBatch { values, width })
     }
@@ -54,7 +57,11 @@ impl FeatureBatch {
         for (row, r) in rows.iter().enumerate() {
             let r = r.as_ref();
             if r.len() != width {
-                return Err(BatchError::RowWidth { row, expected: width, got: r.len() });
+                return Err(BatchError::RowWidth {
+                    row,
+                    expected: width,
+                    got: r.len(),
+                });
             }
             values.extend_from_slice(r);
         }
@@ -101,8 +108,11 @@ impl Predictions {
         if width == 0 {
             return Err(BatchError::ZeroWidth);
         }
-        if values.len() % width != 0 {
-            return Err(BatchError::Ragged { values: values.len(), width });
+        if !values.len().is_multiple_of(width) {
+            return Err(BatchError::Ragged {
+                values: values.len(),
+                width,
+            });
         }
         Ok(Predictions { values, width })
     }
@@ -141,12 +151,19 @@ mod tests {
     fn ragged_and_uneven_rows_are_refused() {
         assert_eq!(
             FeatureBatch::new(vec![1.0; 5], 2),
-            Err(BatchError::Ragged { values: 5, width: 2 })
+            Err(BatchError::Ragged {
+                values: 5,
+                width: 2
+            })
         );
         let rows: Vec<Vec<f32>> = vec![vec![1.0, 2.0], vec![3.0]];
         assert_eq!(
             FeatureBatch::from_rows(&rows),
-            Err(BatchError::RowWidth { row: 1, expected: 2, got: 1 })
+            Err(BatchError::RowWidth {
+                row: 1,
+                expected: 2,
+                got: 1
+            })
         );
         assert_eq!(FeatureBatch::new(vec![], 0), Err(BatchError::ZeroWidth));
     }

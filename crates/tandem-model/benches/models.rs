@@ -24,20 +24,35 @@ fn sample_rows(dir: &Path) -> (Vec<f32>, usize) {
     let width = rows[0].as_array().expect("row").len();
     let flat = rows
         .iter()
-        .flat_map(|row| row.as_array().expect("row").iter().map(|v| v.as_f64().map_or(f32::NAN, |x| x as f32)))
+        .flat_map(|row| {
+            row.as_array()
+                .expect("row")
+                .iter()
+                .map(|v| v.as_f64().map_or(f32::NAN, |x| x as f32))
+        })
         .collect();
     (flat, width)
 }
 
 fn bench_models(c: &mut Criterion) {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures()).expect("fixtures").map(|e| e.expect("entry").path()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .collect();
     dirs.sort();
     for dir in dirs {
-        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let model = Model::load(dir.join("1/model.onnx")).expect("model loads");
         let (flat, width) = sample_rows(&dir);
         let mut group = c.benchmark_group(&name);
-        group.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2)).sample_size(20);
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2))
+            .sample_size(20);
         for batch in [1usize, 64, 8192] {
             let values: Vec<f32> = flat.iter().copied().cycle().take(batch * width).collect();
             let input = FeatureBatch::new(values, width).expect("batch");

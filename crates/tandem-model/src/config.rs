@@ -79,8 +79,10 @@ pub struct InputPolicy {
 impl ModelConfig {
     /// Reads a sidecar file; an unknown key is an error naming it.
     pub fn from_file(path: &Path) -> Result<ModelConfig, ModelError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),
             detail: e.to_string().trim_end().replace('\n', " "),
@@ -89,7 +91,9 @@ impl ModelConfig {
 
     /// The sidecar for a model file, if one exists: `model.toml` beside a
     /// repository's `model.onnx`, `<stem>.toml` beside any other `.onnx`.
-    pub fn for_model(model_path: &Path) -> Result<Option<(ModelConfig, std::path::PathBuf)>, ModelError> {
+    pub fn for_model(
+        model_path: &Path,
+    ) -> Result<Option<(ModelConfig, std::path::PathBuf)>, ModelError> {
         let sidecar = model_path.with_extension("toml");
         if sidecar.is_file() {
             return Ok(Some((ModelConfig::from_file(&sidecar)?, sidecar)));

@@ -105,11 +105,17 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn compile(path: &std::path::Path, e: &tract_onnx::prelude::TractError) -> Self {
-        ModelError::Compile { path: path.to_path_buf(), detail: chain(e) }
+        ModelError::Compile {
+            path: path.to_path_buf(),
+            detail: chain(e),
+        }
     }
 }
 
 /// An anyhow-style error chain on one line.
 pub(crate) fn chain(e: &tract_onnx::prelude::TractError) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -32,19 +32,42 @@ pub(crate) struct Proto {
 
 pub(crate) fn read_proto(path: &Path) -> Result<Proto, ModelError> {
     let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::NotFound { path: path.to_path_buf() },
-        _ => ModelError::Io { path: path.to_path_buf(), source },
+        std::io::ErrorKind::NotFound => ModelError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
-    let not_onnx = |detail: String| ModelError::NotOnnx { path: path.to_path_buf(), detail };
+    let not_onnx = |detail: String| ModelError::NotOnnx {
+        path: path.to_path_buf(),
+        detail,
+    };
     let model = framework()
         .proto_model_for_read(&mut bytes.as_slice())
         .map_err(|e| not_onnx(crate::error::chain(&e)))?;
-    let graph = model.graph.as_ref().ok_or_else(|| not_onnx("no graph".into()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| not_onnx("no graph".into()))?;
     if model.ir_version <= 0 || graph.node.is_empty() || graph.output.is_empty() {
-        return Err(not_onnx("no IR version, nodes or outputs (is this an ONNX file?)".into()));
+        return Err(not_onnx(
+            "no IR version, nodes or outputs (is this an ONNX file?)".into(),
+        ));
     }
-    let mut proto = Proto { model, zipmap_labels: BTreeMap::new(), operators: BTreeMap::new() };
-    for node in &proto.model.graph.as_ref().map_or(&[][..], |g| &g.node[..]).to_vec() {
+    let mut proto = Proto {
+        model,
+        zipmap_labels: BTreeMap::new(),
+        operators: BTreeMap::new(),
+    };
+    for node in &proto
+        .model
+        .graph
+        .as_ref()
+        .map_or(&[][..], |g| &g.node[..])
+        .to_vec()
+    {
         let key = if node.domain.is_empty() || node.domain == "ai.onnx" {
             node.op_type.clone()
         } else {
@@ -62,14 +85,19 @@ pub(crate) fn read_proto(path: &Path) -> Result<Proto, ModelError> {
 /// class labels, kept in the metadata), so it becomes an `Identity` and the
 /// output keeps its name but carries the `[N, C]` probabilities.
 fn rewrite_zipmaps(proto: &mut Proto) {
-    let Some(graph) = proto.model.graph.as_mut() else { return };
+    let Some(graph) = proto.model.graph.as_mut() else {
+        return;
+    };
     for node in graph.node.iter_mut().filter(|n| n.op_type == "ZipMap") {
         let mut labels = vec![];
         for attr in &node.attribute {
             match attr.name.as_str() {
                 "classlabels_int64s" => labels.extend(attr.ints.iter().map(|i| i.to_string())),
-                "classlabels_strings" => labels
-                    .extend(attr.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned())),
+                "classlabels_strings" => labels.extend(
+                    attr.strings
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s).into_owned()),
+                ),
                 _ => {}
             }
         }
@@ -119,12 +147,17 @@ pub(crate) fn declared_width(model: &ModelProto) -> Option<usize> {
     let graph = model.graph.as_ref()?;
     let init: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let input = graph.input.iter().find(|i| !init.contains(i.name.as_str()))?;
+    let input = graph
+        .input
+        .iter()
+        .find(|i| !init.contains(i.name.as_str()))?;
     let type_proto::Value::TensorType(t) = input.r#type.as_ref()?.value.as_ref()?;
     let dims = &t.shape.as_ref()?.dim;
     let last = dims.last()?;
     match last.value.as_ref()? {
-        tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v) => usize::try_from(*v).ok(),
+        tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(v) => {
+            usize::try_from(*v).ok()
+        }
         _ => None,
     }
 }
@@ -149,7 +182,9 @@ pub(crate) struct Plans {
 /// `[CHUNK, width]`.
 pub(crate) fn plan(proto: &Proto, width: usize, path: &Path) -> Result<Plans, ModelError> {
     let dir = path.parent().and_then(|d| d.to_str());
-    let parsed = framework().parse(&proto.model, dir).map_err(|e| ModelError::compile(path, &e))?;
+    let parsed = framework()
+        .parse(&proto.model, dir)
+        .map_err(|e| ModelError::compile(path, &e))?;
     if !parsed.unresolved_inputs.is_empty() {
         return Err(ModelError::Compile {
             path: path.to_path_buf(),
@@ -157,7 +192,12 @@ pub(crate) fn plan(proto: &Proto, width: usize, path: &Path) -> Result<Plans, Mo
         });
     }
     let model = parsed.model;
-    if model.input_outlets().map_err(|e| ModelError::compile(path, &e))?.len() != 1 {
+    if model
+        .input_outlets()
+        .map_err(|e| ModelError::compile(path, &e))?
+        .len()
+        != 1
+    {
         return Err(ModelError::Compile {
             path: path.to_path_buf(),
             detail: "tandem serves models with exactly one input tensor [N, F]".into(),
@@ -172,8 +212,13 @@ pub(crate) fn plan(proto: &Proto, width: usize, path: &Path) -> Result<Plans, Mo
         model.into_typed()?.into_decluttered()
     };
     let typed = build(model.clone(), None).map_err(|e| ModelError::compile(path, &e))?;
-    let any = typed.clone().into_optimized().and_then(|m| m.into_runnable());
-    let chunk = build(model, Some(CHUNK)).and_then(|m| m.into_optimized()).and_then(|m| m.into_runnable());
+    let any = typed
+        .clone()
+        .into_optimized()
+        .and_then(|m| m.into_runnable());
+    let chunk = build(model, Some(CHUNK))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable());
     Ok(Plans {
         any: any.map_err(|e| ModelError::compile(path, &e))?,
         chunk: chunk.map_err(|e| ModelError::compile(path, &e))?,

@@ -159,7 +159,9 @@ impl Model {
     pub fn load(path: impl AsRef<Path>) -> Result<Model, ModelError> {
         let path = path.as_ref();
         let (name, version) = name_and_version(path);
-        let config = ModelConfig::for_model(path)?.map(|(c, _)| c).unwrap_or_default();
+        let config = ModelConfig::for_model(path)?
+            .map(|(c, _)| c)
+            .unwrap_or_default();
         Model::load_with(path, name, version, &config)
     }
 
@@ -171,7 +173,10 @@ impl Model {
         config: &ModelConfig,
     ) -> Result<Model, ModelError> {
         let proto = load::read_proto(path)?;
-        let config_err = |detail: String| ModelError::Config { path: path.to_path_buf(), detail };
+        let config_err = |detail: String| ModelError::Config {
+            path: path.to_path_buf(),
+            detail,
+        };
         let names = &config.features.names;
         let width = match (load::declared_width(&proto.model), names.len()) {
             (Some(w), 0) => w,
@@ -183,30 +188,52 @@ impl Model {
             }
             (None, 0) => {
                 return Err(config_err(
-                    "the model input has no fixed feature count; list them in features.names".into(),
+                    "the model input has no fixed feature count; list them in features.names"
+                        .into(),
                 ));
             }
             (None, n) => n,
         };
-        let load::Plans { any: plan, chunk: chunk_plan, typed } = load::plan(&proto, width, path)?;
+        let load::Plans {
+            any: plan,
+            chunk: chunk_plan,
+            typed,
+        } = load::plan(&proto, width, path)?;
 
         let model = &proto.model;
-        let graph_outputs: Vec<String> =
-            model.graph.as_ref().map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+        let graph_outputs: Vec<String> = model
+            .graph
+            .as_ref()
+            .map(|g| g.output.iter().map(|o| o.name.clone()).collect())
+            .unwrap_or_default();
         let input_name = typed
             .input_outlets()
             .ok()
             .and_then(|o| o.first().map(|&o| typed.node(o.node).name.clone()))
             .unwrap_or_default();
         let mut outputs = vec![];
-        for (i, outlet) in typed.output_outlets().map_err(|e| ModelError::compile(path, &e))?.iter().enumerate() {
-            let fact = typed.outlet_fact(*outlet).map_err(|e| ModelError::compile(path, &e))?;
-            let name = graph_outputs.get(i).cloned().unwrap_or_else(|| format!("output_{i}"));
+        for (i, outlet) in typed
+            .output_outlets()
+            .map_err(|e| ModelError::compile(path, &e))?
+            .iter()
+            .enumerate()
+        {
+            let fact = typed
+                .outlet_fact(*outlet)
+                .map_err(|e| ModelError::compile(path, &e))?;
+            let name = graph_outputs
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("output_{i}"));
             outputs.push(TensorInfo {
                 class_labels: proto.zipmap_labels.get(&name).cloned(),
                 name,
                 dtype: DType::of(fact.datum_type),
-                shape: fact.shape.iter().map(|d| tract_onnx::tract_hir::internal::DimLike::to_usize(d).ok()).collect(),
+                shape: fact
+                    .shape
+                    .iter()
+                    .map(|d| tract_onnx::tract_hir::internal::DimLike::to_usize(d).ok())
+                    .collect(),
             });
         }
         let metadata = ModelMetadata {
@@ -218,15 +245,27 @@ impl Model {
             }],
             operators: proto.operators.clone(),
             feature_names: names.clone(),
-            producer: format!("{} {}", model.producer_name, model.producer_version).trim().to_string(),
+            producer: format!("{} {}", model.producer_name, model.producer_version)
+                .trim()
+                .to_string(),
             opsets: model
                 .opset_import
                 .iter()
-                .map(|o| (if o.domain.is_empty() { "ai.onnx".to_string() } else { o.domain.clone() }, o.version))
+                .map(|o| {
+                    (
+                        if o.domain.is_empty() {
+                            "ai.onnx".to_string()
+                        } else {
+                            o.domain.clone()
+                        },
+                        o.version,
+                    )
+                })
                 .collect(),
             outputs,
         };
-        let (output, columns, prediction_width) = select_output(&metadata, config).map_err(config_err)?;
+        let (output, columns, prediction_width) =
+            select_output(&metadata, config).map_err(config_err)?;
         Ok(Model {
             name,
             version,
@@ -279,23 +318,26 @@ impl Model {
 
     fn check_input(&self, batch: &FeatureBatch) -> Result<(), ModelError> {
         if batch.width() != self.width {
-            return Err(ModelError::InputWidth { expected: self.width, got: batch.width() });
+            return Err(ModelError::InputWidth {
+                expected: self.width,
+                got: batch.width(),
+            });
         }
-        if self.non_finite == NonFinite::Reject {
-            if let Some(i) = batch.values().iter().position(|v| !v.is_finite()) {
-                let (row, feature) = (i / self.width, i % self.width);
-                return Err(ModelError::NonFiniteInput {
-                    row,
-                    feature,
-                    name: self
-                        .metadata
-                        .feature_names
-                        .get(feature)
-                        .cloned()
-                        .unwrap_or_else(|| feature.to_string()),
-                    value: batch.values()[i],
-                });
-            }
+        if self.non_finite == NonFinite::Reject
+            && let Some(i) = batch.values().iter().position(|v| !v.is_finite())
+        {
+            let (row, feature) = (i / self.width, i % self.width);
+            return Err(ModelError::NonFiniteInput {
+                row,
+                feature,
+                name: self
+                    .metadata
+                    .feature_names
+                    .get(feature)
+                    .cloned()
+                    .unwrap_or_else(|| feature.to_string()),
+                value: batch.values()[i],
+            });
         }
         Ok(())
     }
@@ -303,10 +345,12 @@ impl Model {
     fn run_raw(&self, batch: &FeatureBatch) -> Result<TVec<TValue>, ModelError> {
         self.check_input(batch)?;
         let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
-        let run = |plan: &Arc<TypedRunnableModel>, values: &[f32]| -> Result<TVec<TValue>, ModelError> {
-            let input = Tensor::from_shape(&[values.len() / self.width, self.width], values).map_err(err)?;
-            plan.run(tvec!(input.into_tvalue())).map_err(err)
-        };
+        let run =
+            |plan: &Arc<TypedRunnableModel>, values: &[f32]| -> Result<TVec<TValue>, ModelError> {
+                let input = Tensor::from_shape(&[values.len() / self.width, self.width], values)
+                    .map_err(err)?;
+                plan.run(tvec!(input.into_tvalue())).map_err(err)
+            };
         let rows = batch.rows();
         if rows < 2 * load::CHUNK {
             return run(&self.plan, batch.values());
@@ -315,14 +359,20 @@ impl Model {
         // then every output concatenated along the batch axis.
         let mut parts: Vec<TVec<TValue>> = Vec::with_capacity(rows / load::CHUNK + 1);
         for chunk in batch.values().chunks(load::CHUNK * self.width) {
-            let plan = if chunk.len() == load::CHUNK * self.width { &self.chunk_plan } else { &self.plan };
+            let plan = if chunk.len() == load::CHUNK * self.width {
+                &self.chunk_plan
+            } else {
+                &self.plan
+            };
             parts.push(run(plan, chunk)?);
         }
         let n_outputs = parts[0].len();
         (0..n_outputs)
             .map(|o| {
                 let pieces: Vec<&Tensor> = parts.iter().map(|p| &*p[o]).collect();
-                Tensor::stack_tensors(0, &pieces).map(IntoTValue::into_tvalue).map_err(err)
+                Tensor::stack_tensors(0, &pieces)
+                    .map(IntoTValue::into_tvalue)
+                    .map_err(err)
             })
             .collect()
     }
@@ -336,19 +386,43 @@ impl Model {
                 let shape = t.shape().to_vec();
                 let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
                 let data = match t.datum_type() {
-                    DatumType::String => {
-                        OutputData::String(t.try_as_plain_ram().map_err(err)?.as_slice::<String>().map_err(err)?.to_vec())
-                    }
-                    DatumType::I64 | DatumType::TDim | DatumType::I32 | DatumType::Bool | DatumType::U8 => {
+                    DatumType::String => OutputData::String(
+                        t.try_as_plain_ram()
+                            .map_err(err)?
+                            .as_slice::<String>()
+                            .map_err(err)?
+                            .to_vec(),
+                    ),
+                    DatumType::I64
+                    | DatumType::TDim
+                    | DatumType::I32
+                    | DatumType::Bool
+                    | DatumType::U8 => {
                         let c = t.cast_to::<i64>().map_err(err)?;
-                        OutputData::I64(c.try_as_plain_ram().map_err(err)?.as_slice::<i64>().map_err(err)?.to_vec())
+                        OutputData::I64(
+                            c.try_as_plain_ram()
+                                .map_err(err)?
+                                .as_slice::<i64>()
+                                .map_err(err)?
+                                .to_vec(),
+                        )
                     }
                     _ => {
                         let c = t.cast_to::<f32>().map_err(err)?;
-                        OutputData::F32(c.try_as_plain_ram().map_err(err)?.as_slice::<f32>().map_err(err)?.to_vec())
+                        OutputData::F32(
+                            c.try_as_plain_ram()
+                                .map_err(err)?
+                                .as_slice::<f32>()
+                                .map_err(err)?
+                                .to_vec(),
+                        )
                     }
                 };
-                Ok(OutputTensor { name: info.name.clone(), shape, data })
+                Ok(OutputTensor {
+                    name: info.name.clone(),
+                    shape,
+                    data,
+                })
             })
             .collect()
     }
@@ -358,72 +432,138 @@ impl Model {
     pub fn predict(&self, batch: &FeatureBatch) -> Result<Predictions, ModelError> {
         let rows = batch.rows();
         let outs = self.run_raw(batch)?;
-        let t = outs.get(self.output).ok_or_else(|| ModelError::Run("output missing".into()))?;
+        let t = outs
+            .get(self.output)
+            .ok_or_else(|| ModelError::Run("output missing".into()))?;
         let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
         let t = t.cast_to::<f32>().map_err(err)?;
-        let values = t.try_as_plain_ram().map_err(err)?.as_slice::<f32>().map_err(err)?;
+        let values = t
+            .try_as_plain_ram()
+            .map_err(err)?
+            .as_slice::<f32>()
+            .map_err(err)?;
         if rows == 0 {
-            return Predictions::new(vec![], self.prediction_width).map_err(|e| ModelError::Run(e.to_string()));
+            return Predictions::new(vec![], self.prediction_width)
+                .map_err(|e| ModelError::Run(e.to_string()));
         }
         let per_row = values.len() / rows;
         if per_row * rows != values.len() {
-            return Err(ModelError::Run(format!("output of {} values for {rows} rows", values.len())));
+            return Err(ModelError::Run(format!(
+                "output of {} values for {rows} rows",
+                values.len()
+            )));
         }
         let picked = match self.columns {
             Columns::All => values.to_vec(),
-            Columns::One(c) if c < per_row => values.iter().skip(c).step_by(per_row).copied().collect(),
+            Columns::One(c) if c < per_row => {
+                values.iter().skip(c).step_by(per_row).copied().collect()
+            }
             Columns::One(c) => {
-                return Err(ModelError::Run(format!("column {c} asked of an output with {per_row} columns")));
+                return Err(ModelError::Run(format!(
+                    "column {c} asked of an output with {per_row} columns"
+                )));
             }
         };
-        let width = if self.columns == Columns::All { per_row } else { 1 };
+        let width = if self.columns == Columns::All {
+            per_row
+        } else {
+            1
+        };
         Predictions::new(picked, width).map_err(|e| ModelError::Run(e.to_string()))
     }
 }
 
 fn name_and_version(path: &Path) -> (String, u64) {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_string();
     let version_dir = path.parent();
-    if let Some(v) = version_dir.and_then(|d| d.file_name()).and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) {
-        if let Some(name) = version_dir.and_then(Path::parent).and_then(|d| d.file_name()).and_then(|s| s.to_str()) {
-            return (name.to_string(), v);
-        }
+    if let Some(v) = version_dir
+        .and_then(|d| d.file_name())
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<u64>().ok())
+        && let Some(name) = version_dir
+            .and_then(Path::parent)
+            .and_then(|d| d.file_name())
+            .and_then(|s| s.to_str())
+    {
+        return (name.to_string(), v);
     }
     (stem, 1)
 }
 
-fn select_output(meta: &ModelMetadata, config: &ModelConfig) -> Result<(usize, Columns, usize), String> {
+fn select_output(
+    meta: &ModelMetadata,
+    config: &ModelConfig,
+) -> Result<(usize, Columns, usize), String> {
     let sel = &config.output;
-    let names = || meta.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ");
+    let names = || {
+        meta.outputs
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let index = if let Some(name) = &sel.name {
         meta.outputs
             .iter()
             .position(|o| &o.name == name)
-            .ok_or_else(|| format!("output.name '{name}' is not an output of the model (outputs: {})", names()))?
+            .ok_or_else(|| {
+                format!(
+                    "output.name '{name}' is not an output of the model (outputs: {})",
+                    names()
+                )
+            })?
     } else if let Some(i) = sel.index {
         if i >= meta.outputs.len() {
-            return Err(format!("output.index {i} is out of range (outputs: {})", names()));
+            return Err(format!(
+                "output.index {i} is out of range (outputs: {})",
+                names()
+            ));
         }
         i
     } else {
-        let numeric = |o: &&TensorInfo| matches!(o.dtype, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::Bool);
+        let numeric = |o: &&TensorInfo| {
+            matches!(
+                o.dtype,
+                DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::Bool
+            )
+        };
         meta.outputs
             .iter()
             .position(|o| matches!(o.dtype, DType::F32 | DType::F64))
             .or_else(|| meta.outputs.iter().position(|o| numeric(&o)))
-            .ok_or_else(|| format!("the model has no numeric output to predict from (outputs: {})", names()))?
+            .ok_or_else(|| {
+                format!(
+                    "the model has no numeric output to predict from (outputs: {})",
+                    names()
+                )
+            })?
     };
     let out = &meta.outputs[index];
-    if !matches!(out.dtype, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::Bool) {
-        return Err(format!("output '{}' holds {:?} values, not numbers", out.name, out.dtype));
+    if !matches!(
+        out.dtype,
+        DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::Bool
+    ) {
+        return Err(format!(
+            "output '{}' holds {:?} values, not numbers",
+            out.name, out.dtype
+        ));
     }
     let width: Option<usize> = match out.shape.len() {
         0 | 1 => Some(1),
-        _ => out.shape[1..].iter().try_fold(1usize, |acc, d| d.map(|d| acc * d)),
+        _ => out.shape[1..]
+            .iter()
+            .try_fold(1usize, |acc, d| d.map(|d| acc * d)),
     };
     let columns = match (sel.column, width) {
         (Some(c), Some(w)) if c >= w => {
-            return Err(format!("output.column {c} is out of range: output '{}' has {w} columns", out.name));
+            return Err(format!(
+                "output.column {c} is out of range: output '{}' has {w} columns",
+                out.name
+            ));
         }
         (Some(c), _) => Columns::One(c),
         (None, Some(1)) => Columns::One(0),

@@ -91,12 +91,19 @@ impl ModelRepository {
         if !root.is_dir() {
             return Err(ModelError::NotFound { path: root });
         }
-        let repo = ModelRepository { root, policy, models: ArcSwap::from_pointee(Snapshot::new()) };
+        let repo = ModelRepository {
+            root,
+            policy,
+            models: ArcSwap::from_pointee(Snapshot::new()),
+        };
         let mut report = repo.reload();
         if let Some((path, err)) = report.failed.drain(..).next() {
             return Err(match err {
                 e @ (ModelError::Config { .. } | ModelError::NotFound { .. }) => e,
-                e => ModelError::Config { path, detail: e.to_string() },
+                e => ModelError::Config {
+                    path,
+                    detail: e.to_string(),
+                },
             });
         }
         Ok(repo)
@@ -116,14 +123,25 @@ impl ModelRepository {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(source) => {
-                report.failed.push((self.root.clone(), ModelError::Io { path: self.root.clone(), source }));
+                report.failed.push((
+                    self.root.clone(),
+                    ModelError::Io {
+                        path: self.root.clone(),
+                        source,
+                    },
+                ));
                 return report;
             }
         };
-        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
         dirs.sort();
         for dir in dirs {
-            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
             let previous = old.get(&name);
             match self.load_model(&name, &dir, previous, &mut report) {
                 Some(served) => {
@@ -164,7 +182,11 @@ impl ModelRepository {
         let wanted: Vec<u64> = match &self.policy {
             VersionPolicy::Latest(n) => on_disk.iter().rev().take(*n).copied().collect(),
             VersionPolicy::All => on_disk.clone(),
-            VersionPolicy::Specific(set) => on_disk.iter().filter(|v| set.contains(v)).copied().collect(),
+            VersionPolicy::Specific(set) => on_disk
+                .iter()
+                .filter(|v| set.contains(v))
+                .copied()
+                .collect(),
         };
         let mut served = ServedModel::default();
         for v in wanted {
@@ -173,8 +195,14 @@ impl ModelRepository {
                 continue;
             }
             let path = dir.join(v.to_string()).join("model.onnx");
-            let loaded = ModelConfig::for_model(&path)
-                .and_then(|c| Model::load_with(&path, name.to_string(), v, &c.map(|(c, _)| c).unwrap_or_default()));
+            let loaded = ModelConfig::for_model(&path).and_then(|c| {
+                Model::load_with(
+                    &path,
+                    name.to_string(),
+                    v,
+                    &c.map(|(c, _)| c).unwrap_or_default(),
+                )
+            });
             match loaded {
                 Ok(m) => {
                     served.versions.insert(v, Arc::new(m));
@@ -206,43 +234,69 @@ impl ModelRepository {
 
     /// One model's loaded versions and labels.
     pub fn served(&self, name: &str) -> Result<ServedModel, ModelError> {
-        self.models.load().get(name).cloned().ok_or_else(|| ModelError::UnknownModel(name.to_string()))
+        self.models
+            .load()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ModelError::UnknownModel(name.to_string()))
     }
 
     /// Resolves a model and version.
     pub fn get(&self, name: &str, spec: &VersionSpec) -> Result<Arc<Model>, ModelError> {
         let snapshot = self.models.load();
-        let served = snapshot.get(name).ok_or_else(|| ModelError::UnknownModel(name.to_string()))?;
+        let served = snapshot
+            .get(name)
+            .ok_or_else(|| ModelError::UnknownModel(name.to_string()))?;
         let version = match spec {
-            VersionSpec::Latest => {
-                *served.versions.keys().next_back().ok_or_else(|| ModelError::NoVersion(name.to_string()))?
-            }
+            VersionSpec::Latest => *served
+                .versions
+                .keys()
+                .next_back()
+                .ok_or_else(|| ModelError::NoVersion(name.to_string()))?,
             VersionSpec::Number(v) => *v,
-            VersionSpec::Label(l) => *served.labels.get(l).ok_or_else(|| ModelError::UnknownLabel {
-                name: name.to_string(),
-                label: l.clone(),
-            })?,
+            VersionSpec::Label(l) => {
+                *served
+                    .labels
+                    .get(l)
+                    .ok_or_else(|| ModelError::UnknownLabel {
+                        name: name.to_string(),
+                        label: l.clone(),
+                    })?
+            }
         };
         served
             .versions
             .get(&version)
             .cloned()
-            .ok_or_else(|| ModelError::UnknownVersion { name: name.to_string(), version })
+            .ok_or_else(|| ModelError::UnknownVersion {
+                name: name.to_string(),
+                version,
+            })
     }
 }
 
 fn read_labels(path: &Path, served: &ServedModel) -> Result<BTreeMap<String, u64>, ModelError> {
-    let err = |detail: String| ModelError::Config { path: path.to_path_buf(), detail };
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    let table: BTreeMap<String, i64> = toml::from_str(&text).map_err(|e| err(e.to_string().replace('\n', " ")))?;
+    let err = |detail: String| ModelError::Config {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let table: BTreeMap<String, i64> =
+        toml::from_str(&text).map_err(|e| err(e.to_string().replace('\n', " ")))?;
     let mut labels = BTreeMap::new();
     for (label, v) in table {
         if !is_label(&label) {
             return Err(err(format!("label '{label}' must match [a-zA-Z0-9_]+")));
         }
-        let v = u64::try_from(v).map_err(|_| err(format!("label '{label}' points at negative version {v}")))?;
+        let v = u64::try_from(v)
+            .map_err(|_| err(format!("label '{label}' points at negative version {v}")))?;
         if !served.versions.contains_key(&v) {
-            return Err(err(format!("label '{label}' points at version {v}, which is not loaded")));
+            return Err(err(format!(
+                "label '{label}' points at version {v}, which is not loaded"
+            )));
         }
         labels.insert(label, v);
     }

@@ -8,7 +8,11 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn fixture_model(name: &str) -> PathBuf {
-    fixtures().join("models").join(name).join("1").join("model.onnx")
+    fixtures()
+        .join("models")
+        .join(name)
+        .join("1")
+        .join("model.onnx")
 }
 
 /// Copies a fixture model into `<repo>/<name>/<version>/`.

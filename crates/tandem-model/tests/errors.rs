@@ -29,7 +29,9 @@ fn a_file_that_is_not_onnx_is_refused() {
 fn an_unsupported_operator_is_named_with_its_node() {
     let err = Model::load(fixtures().join("unsupported/sklearn_svr.onnx")).unwrap_err();
     match &err {
-        ModelError::UnsupportedOperator { op, domain, node, .. } => {
+        ModelError::UnsupportedOperator {
+            op, domain, node, ..
+        } => {
             assert_eq!(op, "SVMRegressor");
             assert_eq!(domain, "ai.onnx.ml");
             assert!(!node.is_empty());
@@ -45,14 +47,24 @@ fn wrong_input_width_is_refused_before_running() {
     assert_eq!(m.width(), 8);
     let batch = FeatureBatch::new(vec![0.0; 7 * 3], 7).unwrap();
     let err = m.predict(&batch).unwrap_err();
-    assert!(matches!(err, ModelError::InputWidth { expected: 8, got: 7 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::InputWidth {
+                expected: 8,
+                got: 7
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn feature_names_that_do_not_match_the_model_are_a_config_error() {
     let mut config = ModelConfig::default();
     config.features.names = vec!["a".into(), "b".into()];
-    let err = Model::load_with(&fixture_model("xgboost_regressor"), "x".into(), 1, &config).unwrap_err();
+    let err =
+        Model::load_with(&fixture_model("xgboost_regressor"), "x".into(), 1, &config).unwrap_err();
     assert!(matches!(err, ModelError::Config { .. }), "{err}");
     assert!(err.to_string().contains("features.names"), "{err}");
 }
@@ -61,26 +73,48 @@ fn feature_names_that_do_not_match_the_model_are_a_config_error() {
 fn an_unknown_output_name_lists_the_outputs() {
     let mut config = ModelConfig::default();
     config.output.name = Some("proba".into());
-    let err = Model::load_with(&fixture_model("sklearn_gb_classifier"), "x".into(), 1, &config).unwrap_err();
+    let err = Model::load_with(
+        &fixture_model("sklearn_gb_classifier"),
+        "x".into(),
+        1,
+        &config,
+    )
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("output.name 'proba'") && msg.contains("output_probability"), "{msg}");
+    assert!(
+        msg.contains("output.name 'proba'") && msg.contains("output_probability"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_column_out_of_range_is_a_config_error() {
     let mut config = ModelConfig::default();
     config.output.column = Some(2);
-    let err = Model::load_with(&fixture_model("sklearn_gb_classifier"), "x".into(), 1, &config).unwrap_err();
+    let err = Model::load_with(
+        &fixture_model("sklearn_gb_classifier"),
+        "x".into(),
+        1,
+        &config,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("output.column 2"), "{err}");
 }
 
 #[test]
 fn a_sidecar_with_a_typo_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture_model("xgboost_regressor"), dir.path().join("m.onnx")).unwrap();
+    std::fs::copy(
+        fixture_model("xgboost_regressor"),
+        dir.path().join("m.onnx"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("m.toml"), "[output]\ncolunm = 0\n").unwrap();
     let err = Model::load(dir.path().join("m.onnx")).unwrap_err();
-    assert!(matches!(err, ModelError::Config { .. }) && err.to_string().contains("colunm"), "{err}");
+    assert!(
+        matches!(err, ModelError::Config { .. }) && err.to_string().contains("colunm"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -108,12 +142,22 @@ fn the_reject_policy_names_row_and_feature() {
     let mut config = ModelConfig::default();
     config.inputs.non_finite = NonFinite::Reject;
     config.features.names = (0..8).map(|i| format!("f{i}")).collect();
-    let m = Model::load_with(&fixture_model("sklearn_mlp_regressor"), "mlp".into(), 1, &config).unwrap();
+    let m = Model::load_with(
+        &fixture_model("sklearn_mlp_regressor"),
+        "mlp".into(),
+        1,
+        &config,
+    )
+    .unwrap();
     let mut rows = vec![[0.5f32; 8]; 3];
     rows[2][5] = f32::INFINITY;
-    let err = m.predict(&FeatureBatch::from_rows(&rows).unwrap()).unwrap_err();
+    let err = m
+        .predict(&FeatureBatch::from_rows(&rows).unwrap())
+        .unwrap_err();
     match err {
-        ModelError::NonFiniteInput { row, feature, name, .. } => {
+        ModelError::NonFiniteInput {
+            row, feature, name, ..
+        } => {
             assert_eq!((row, feature, name.as_str()), (2, 5, "f5"));
         }
         other => panic!("expected NonFiniteInput, got {other}"),
@@ -137,7 +181,9 @@ fn output_selection_defaults_to_the_positive_class_probability() {
 #[test]
 fn a_multiclass_output_without_a_column_is_a_vector_prediction() {
     let m = Model::load(fixture_model("sklearn_hgb_classifier_3class")).unwrap();
-    let p = m.predict(&FeatureBatch::from_rows(&[[0.1f32; 8], [0.9; 8]]).unwrap()).unwrap();
+    let p = m
+        .predict(&FeatureBatch::from_rows(&[[0.1f32; 8], [0.9; 8]]).unwrap())
+        .unwrap();
     assert_eq!(p.width(), 3);
     for r in 0..2 {
         assert!((p.row(r).iter().sum::<f32>() - 1.0).abs() < 1e-5);
@@ -147,7 +193,13 @@ fn a_multiclass_output_without_a_column_is_a_vector_prediction() {
 #[test]
 fn one_model_serves_many_threads_at_once() {
     let m = Arc::new(Model::load(fixture_model("xgboost_200x6")).unwrap());
-    let rows: Vec<Vec<f32>> = (0..64).map(|i| (0..32).map(|j| ((i * 31 + j * 7) % 13) as f32 / 6.0 - 1.0).collect()).collect();
+    let rows: Vec<Vec<f32>> = (0..64)
+        .map(|i| {
+            (0..32)
+                .map(|j| ((i * 31 + j * 7) % 13) as f32 / 6.0 - 1.0)
+                .collect()
+        })
+        .collect();
     let batch = Arc::new(FeatureBatch::from_rows(&rows).unwrap());
     let expected = Arc::new(m.predict(&batch).unwrap());
     let handles: Vec<_> = (0..8)

@@ -29,7 +29,13 @@ fn check(model_path: &Path, reference: &Path) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().map_or(f32::NAN, |x| x as f32)).collect())
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().map_or(f32::NAN, |x| x as f32))
+                .collect()
+        })
         .collect();
     let batch = FeatureBatch::from_rows(&rows).unwrap();
     let outputs = match model.run(&batch) {
@@ -48,7 +54,11 @@ fn check(model_path: &Path, reference: &Path) -> Vec<String> {
         match (kind, &got.data) {
             ("float", OutputData::F32(v)) => {
                 if v.len() != data.len() {
-                    failures.push(format!("{name}/{out_name}: {} values, want {}", v.len(), data.len()));
+                    failures.push(format!(
+                        "{name}/{out_name}: {} values, want {}",
+                        v.len(),
+                        data.len()
+                    ));
                     continue;
                 }
                 let width = v.len() / rows.len().max(1);
@@ -58,7 +68,11 @@ fn check(model_path: &Path, reference: &Path) -> Vec<String> {
                         None => !g.is_finite(),
                     };
                     if !ok {
-                        failures.push(format!("{name}/{out_name}: row {} col {}: got {g}, want {w}", i / width.max(1), i % width.max(1)));
+                        failures.push(format!(
+                            "{name}/{out_name}: row {} col {}: got {g}, want {w}",
+                            i / width.max(1),
+                            i % width.max(1)
+                        ));
                     }
                 }
             }
@@ -70,32 +84,55 @@ fn check(model_path: &Path, reference: &Path) -> Vec<String> {
                     }
                 }
                 if v.len() != want.len() {
-                    failures.push(format!("{name}/{out_name}: {} labels, want {}", v.len(), want.len()));
+                    failures.push(format!(
+                        "{name}/{out_name}: {} labels, want {}",
+                        v.len(),
+                        want.len()
+                    ));
                 }
             }
             ("string", OutputData::String(v)) => {
                 let want: Vec<&str> = data.iter().map(|x| x.as_str().unwrap()).collect();
                 if v.iter().map(String::as_str).collect::<Vec<_>>() != want {
-                    failures.push(format!("{name}/{out_name}: labels differ: {v:?} vs {want:?}"));
+                    failures.push(format!(
+                        "{name}/{out_name}: labels differ: {v:?} vs {want:?}"
+                    ));
                 }
             }
             ("zipmap", OutputData::F32(v)) => {
                 // A sequence of {label: probability}; tandem serves the [N, C]
                 // tensor with the labels in its metadata.
-                let info = model.metadata().outputs.iter().find(|o| &o.name == out_name).unwrap();
-                let labels = info.class_labels.clone().expect("zipmap output keeps its labels");
+                let info = model
+                    .metadata()
+                    .outputs
+                    .iter()
+                    .find(|o| &o.name == out_name)
+                    .unwrap();
+                let labels = info
+                    .class_labels
+                    .clone()
+                    .expect("zipmap output keeps its labels");
                 let c = labels.len();
                 for (i, m) in data.iter().enumerate() {
                     for (j, label) in labels.iter().enumerate() {
                         let w = m[label].as_f64().unwrap();
                         let g = v[i * c + j];
                         if !close(g, w) {
-                            failures.push(format!("{name}/{out_name}: row {i} class {label}: got {g}, want {w}"));
+                            failures.push(format!(
+                                "{name}/{out_name}: row {i} class {label}: got {g}, want {w}"
+                            ));
                         }
                     }
                 }
             }
-            (kind, data) => failures.push(format!("{name}/{out_name}: reference is {kind}, tandem gave {}", match data { OutputData::F32(_) => "float", OutputData::I64(_) => "int64", OutputData::String(_) => "string" })),
+            (kind, data) => failures.push(format!(
+                "{name}/{out_name}: reference is {kind}, tandem gave {}",
+                match data {
+                    OutputData::F32(_) => "float",
+                    OutputData::I64(_) => "int64",
+                    OutputData::String(_) => "string",
+                }
+            )),
         }
     }
     failures
@@ -113,9 +150,17 @@ fn report(failures: Vec<String>, checked: usize) {
         }
         let shown: Vec<String> = per_output
             .values()
-            .flat_map(|v| v.iter().take(3).cloned().chain(std::iter::once(format!("  ({} in all)", v.len()))))
+            .flat_map(|v| {
+                v.iter()
+                    .take(3)
+                    .cloned()
+                    .chain(std::iter::once(format!("  ({} in all)", v.len())))
+            })
             .collect();
-        panic!("{n} mismatches over {checked} fixtures:\n{}", shown.join("\n"));
+        panic!(
+            "{n} mismatches over {checked} fixtures:\n{}",
+            shown.join("\n")
+        );
     }
 }
 
@@ -123,14 +168,20 @@ fn report(failures: Vec<String>, checked: usize) {
 fn converter_exports_match_onnxruntime() {
     let mut failures = vec![];
     let mut checked = 0;
-    let mut dirs: Vec<_> = std::fs::read_dir(fixtures().join("models")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<_> = std::fs::read_dir(fixtures().join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     dirs.sort();
     for dir in dirs {
         let v = dir.join("1");
         failures.extend(check(&v.join("model.onnx"), &v.join("reference.json")));
         checked += 1;
     }
-    assert!(checked >= 12, "expected every converter fixture, found {checked}");
+    assert!(
+        checked >= 12,
+        "expected every converter fixture, found {checked}"
+    );
     report(failures, checked);
 }
 
@@ -155,11 +206,18 @@ fn operator_graphs_match_onnxruntime() {
 fn large_batches_run_in_chunks_and_agree_with_small_batches() {
     // 2 * 1024 + 37 rows: two fixed-size chunks and a tail, for a network,
     // a classifier with a label output and a regressor.
-    for fixture in ["sklearn_mlp_regressor", "lightgbm_classifier", "sklearn_hgb_regressor"] {
-        let model = Model::load(fixtures().join("models").join(fixture).join("1/model.onnx")).unwrap();
+    for fixture in [
+        "sklearn_mlp_regressor",
+        "lightgbm_classifier",
+        "sklearn_hgb_regressor",
+    ] {
+        let model =
+            Model::load(fixtures().join("models").join(fixture).join("1/model.onnx")).unwrap();
         let w = model.width();
         let rows = 2 * 1024 + 37;
-        let values: Vec<f32> = (0..rows * w).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        let values: Vec<f32> = (0..rows * w)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
         let big = FeatureBatch::new(values.clone(), w).unwrap();
         let all = model.run(&big).unwrap();
         let whole = model.predict(&big).unwrap();
@@ -168,7 +226,11 @@ fn large_batches_run_in_chunks_and_agree_with_small_batches() {
             let end = (start + 300).min(rows);
             let small = FeatureBatch::new(values[start * w..end * w].to_vec(), w).unwrap();
             let part = model.predict(&small).unwrap();
-            assert_eq!(part.values(), &whole.values()[start..end], "{fixture} rows {start}..{end}");
+            assert_eq!(
+                part.values(),
+                &whole.values()[start..end],
+                "{fixture} rows {start}..{end}"
+            );
         }
         for out in &all {
             assert_eq!(out.shape[0], rows, "{fixture}/{}", out.name);

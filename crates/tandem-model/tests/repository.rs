@@ -19,7 +19,10 @@ fn latest_policy_serves_the_newest_version_and_ignores_other_dirs() {
     let m = repo.get("eta", &VersionSpec::Latest).unwrap();
     assert_eq!((m.name(), m.version()), ("eta", 3));
     let err = repo.get("eta", &VersionSpec::Number(1)).unwrap_err();
-    assert!(matches!(err, ModelError::UnknownVersion { version: 1, .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::UnknownVersion { version: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -29,10 +32,30 @@ fn all_and_specific_policies() {
         install(dir.path(), "xgboost_regressor", "eta", v);
     }
     let all = ModelRepository::open(dir.path(), VersionPolicy::All).unwrap();
-    assert_eq!(all.served("eta").unwrap().versions.keys().copied().collect::<Vec<_>>(), vec![1, 2, 5]);
-    let some = ModelRepository::open(dir.path(), VersionPolicy::Specific(BTreeSet::from([2]))).unwrap();
-    assert_eq!(some.served("eta").unwrap().versions.keys().copied().collect::<Vec<_>>(), vec![2]);
-    assert!(matches!(some.get("nope", &VersionSpec::Latest), Err(ModelError::UnknownModel(_))));
+    assert_eq!(
+        all.served("eta")
+            .unwrap()
+            .versions
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![1, 2, 5]
+    );
+    let some =
+        ModelRepository::open(dir.path(), VersionPolicy::Specific(BTreeSet::from([2]))).unwrap();
+    assert_eq!(
+        some.served("eta")
+            .unwrap()
+            .versions
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert!(matches!(
+        some.get("nope", &VersionSpec::Latest),
+        Err(ModelError::UnknownModel(_))
+    ));
 }
 
 #[test]
@@ -40,10 +63,24 @@ fn labels_resolve_and_must_point_at_loaded_versions() {
     let dir = tempfile::tempdir().unwrap();
     install(dir.path(), "xgboost_regressor", "eta", 1);
     install(dir.path(), "xgboost_regressor", "eta", 2);
-    std::fs::write(dir.path().join("eta/labels.toml"), "stable = 1\ncanary = 2\n").unwrap();
+    std::fs::write(
+        dir.path().join("eta/labels.toml"),
+        "stable = 1\ncanary = 2\n",
+    )
+    .unwrap();
     let repo = ModelRepository::open(dir.path(), VersionPolicy::All).unwrap();
-    assert_eq!(repo.get("eta", &VersionSpec::Label("stable".into())).unwrap().version(), 1);
-    assert_eq!(repo.get("eta", &VersionSpec::Label("canary".into())).unwrap().version(), 2);
+    assert_eq!(
+        repo.get("eta", &VersionSpec::Label("stable".into()))
+            .unwrap()
+            .version(),
+        1
+    );
+    assert_eq!(
+        repo.get("eta", &VersionSpec::Label("canary".into()))
+            .unwrap()
+            .version(),
+        2
+    );
     assert!(matches!(
         repo.get("eta", &VersionSpec::Label("beta".into())),
         Err(ModelError::UnknownLabel { .. })
@@ -51,7 +88,10 @@ fn labels_resolve_and_must_point_at_loaded_versions() {
 
     std::fs::write(dir.path().join("eta/labels.toml"), "stable = 7\n").unwrap();
     let err = ModelRepository::open(dir.path(), VersionPolicy::All).unwrap_err();
-    assert!(err.to_string().contains("version 7, which is not loaded"), "{err}");
+    assert!(
+        err.to_string().contains("version 7, which is not loaded"),
+        "{err}"
+    );
     std::fs::write(dir.path().join("eta/labels.toml"), "\"bad-label\" = 1\n").unwrap();
     let err = ModelRepository::open(dir.path(), VersionPolicy::All).unwrap_err();
     assert!(err.to_string().contains("[a-zA-Z0-9_]+"), "{err}");
@@ -71,7 +111,10 @@ fn reload_adds_new_versions_first_and_keeps_state_when_a_version_is_broken() {
     assert_eq!(repo.get("eta", &VersionSpec::Latest).unwrap().version(), 2);
     // A caller holding v1 keeps a working model after the swap.
     assert_eq!(v1.version(), 1);
-    assert!(v1.predict(&tandem_core::FeatureBatch::new(vec![0.0; 8], 8).unwrap()).is_ok());
+    assert!(
+        v1.predict(&tandem_core::FeatureBatch::new(vec![0.0; 8], 8).unwrap())
+            .is_ok()
+    );
 
     // A broken new version: the report names it and version 2 stays served.
     std::fs::create_dir_all(dir.path().join("eta/3")).unwrap();
@@ -93,6 +136,8 @@ fn a_bare_model_file_loads_with_its_sidecar() {
     let b = tandem_core::FeatureBatch::new(vec![0.2; 8], 8).unwrap();
     let p = m.predict(&b).unwrap();
     let all = m.run(&b).unwrap();
-    let tandem_model::OutputData::F32(probs) = &all[1].data else { panic!() };
+    let tandem_model::OutputData::F32(probs) = &all[1].data else {
+        panic!()
+    };
     assert_eq!(p.row(0)[0], probs[0]);
 }

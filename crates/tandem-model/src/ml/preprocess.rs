@@ -55,7 +55,10 @@ impl ColumnOp {
 
     fn apply(&self, x: &mut [f32], width: usize) -> TractResult<()> {
         if let Some(w) = self.widths().find(|&w| w != width) {
-            bail!("{} has {w} per-feature values but rows have {width} features", self.op_name());
+            bail!(
+                "{} has {w} per-feature values but rows have {width} features",
+                self.op_name()
+            );
         }
         match self {
             ColumnOp::Normalizer(norm) => {
@@ -178,7 +181,11 @@ impl Expansion for ColumnExpansion {
 fn nonempty(node: &NodeProto, name: &str, v: Option<Vec<f32>>) -> TractResult<Vec<f32>> {
     match v {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => bail!("{} node '{}': attribute {name} is missing or empty", node.op_type, node.name),
+        _ => bail!(
+            "{} node '{}': attribute {name} is missing or empty",
+            node.op_type,
+            node.name
+        ),
     }
 }
 
@@ -189,7 +196,10 @@ pub fn scaler(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let offset = nonempty(node, "offset", node.get_attr_opt_vec::<f32>("offset")?)?;
     let scale = nonempty(node, "scale", node.get_attr_opt_vec::<f32>("scale")?)?;
-    Ok((expand(ColumnExpansion(ColumnOp::Scaler { offset, scale })), vec![]))
+    Ok((
+        expand(ColumnExpansion(ColumnOp::Scaler { offset, scale })),
+        vec![],
+    ))
 }
 
 /// Parser for `Imputer` (float variant; the int64 variant is refused by name).
@@ -197,15 +207,27 @@ pub fn imputer(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    if node.get_attr_opt_slice::<i64>("imputed_value_int64s")?.is_some_and(|v| !v.is_empty()) {
+    if node
+        .get_attr_opt_slice::<i64>("imputed_value_int64s")?
+        .is_some_and(|v| !v.is_empty())
+    {
         bail!(
             "Imputer node '{}': the int64 variant (imputed_value_int64s) is not supported",
             node.name
         );
     }
-    let imputed = nonempty(node, "imputed_value_floats", node.get_attr_opt_vec::<f32>("imputed_value_floats")?)?;
-    let replaced = node.get_attr_opt::<f32>("replaced_value_float")?.unwrap_or(0.0);
-    Ok((expand(ColumnExpansion(ColumnOp::Imputer { imputed, replaced })), vec![]))
+    let imputed = nonempty(
+        node,
+        "imputed_value_floats",
+        node.get_attr_opt_vec::<f32>("imputed_value_floats")?,
+    )?;
+    let replaced = node
+        .get_attr_opt::<f32>("replaced_value_float")?
+        .unwrap_or(0.0);
+    Ok((
+        expand(ColumnExpansion(ColumnOp::Imputer { imputed, replaced })),
+        vec![],
+    ))
 }
 
 /// Parser for `Normalizer` (replaces tract's, whose MAX divides by the

@@ -167,7 +167,11 @@ impl CompiledEnsemble {
                         max_depth = max_depth.max(depth[c]);
                     }
                     let (t, f) = (to_global(*if_true)?, to_global(*if_false)?);
-                    let nan_dest = if mode.nan_goes_true(*missing_tracks_true) { t } else { f };
+                    let nan_dest = if mode.nan_goes_true(*missing_tracks_true) {
+                        t
+                    } else {
+                        f
+                    };
                     let (children, threshold) = match (self.kernel, mode) {
                         (Kernel::Leq, Mode::Leq) | (Kernel::Lt, Mode::Lt) => ([t, f], *threshold),
                         (Kernel::Leq, Mode::Gt) | (Kernel::Lt, Mode::Gte) => ([f, t], *threshold),
@@ -187,14 +191,22 @@ impl CompiledEnsemble {
                     }
                     self.nodes.push(Node {
                         threshold,
-                        feature: feature | if nan_first || generic_nan { NAN_TO_FIRST } else { 0 },
+                        feature: feature
+                            | if nan_first || generic_nan {
+                                NAN_TO_FIRST
+                            } else {
+                                0
+                            },
                         children,
                     });
                     self.modes.push(*mode);
                 }
             }
         }
-        self.trees.push(Tree { root: to_global(0)?, depth: max_depth });
+        self.trees.push(Tree {
+            root: to_global(0)?,
+            depth: max_depth,
+        });
         Ok(())
     }
 
@@ -247,7 +259,10 @@ impl CompiledEnsemble {
             return Err(format!("{} values for {rows} rows of {width}", x.len()));
         }
         let t = self.n_targets;
-        let mut out = RawScores { scores: vec![0.0; rows * t], has: vec![false; rows * t] };
+        let mut out = RawScores {
+            scores: vec![0.0; rows * t],
+            has: vec![false; rows * t],
+        };
         match (self.kernel, self.nan_bits) {
             (Kernel::Leq, false) => self.eval_with::<LeqStep<false>>(x, rows, width, &mut out),
             (Kernel::Leq, true) => self.eval_with::<LeqStep<true>>(x, rows, width, &mut out),
@@ -323,14 +338,17 @@ impl CompiledEnsemble {
     #[inline(always)]
     fn accumulate(&self, leaf: u32, row: usize, out: &mut RawScores) {
         let t = self.n_targets;
-        if let Some(single) = &self.leaf_single {
-            if matches!(self.aggregate, Aggregate::Sum | Aggregate::Average) {
-                out.scores[row] += f64::from(single[leaf as usize]);
-                out.has[row] = true;
-                return;
-            }
+        if let Some(single) = &self.leaf_single
+            && matches!(self.aggregate, Aggregate::Sum | Aggregate::Average)
+        {
+            out.scores[row] += f64::from(single[leaf as usize]);
+            out.has[row] = true;
+            return;
         }
-        let (a, b) = (self.leaf_offsets[leaf as usize], self.leaf_offsets[leaf as usize + 1]);
+        let (a, b) = (
+            self.leaf_offsets[leaf as usize],
+            self.leaf_offsets[leaf as usize + 1],
+        );
         for &(target, w) in &self.leaf_entries[a as usize..b as usize] {
             let cell = row * t + target as usize;
             let w = f64::from(w);
@@ -394,9 +412,7 @@ impl Step for GenericStep {
             node.feature & NAN_TO_FIRST != 0
         } else {
             match e.modes[idx as usize] {
-                Mode::Member => {
-                    e.member_sets[node.threshold.to_bits() as usize].contains(&v)
-                }
+                Mode::Member => e.member_sets[node.threshold.to_bits() as usize].contains(&v),
                 mode => mode.test(v, node.threshold, &[]),
             }
         };
@@ -406,7 +422,7 @@ impl Step for GenericStep {
 
 #[cfg(test)]
 mod tests {
-    use super::super::spec::{SpecTree};
+    use super::super::spec::SpecTree;
     use super::*;
 
     fn stump(mode: Mode, threshold: f32, mtt: bool) -> EnsembleSpec {
@@ -438,8 +454,26 @@ mod tests {
 
     #[test]
     fn every_mode_matches_its_definition_including_nan() {
-        let values = [-1.0, 0.0, 0.5, 1.0, 2.0, 3.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
-        for mode in [Mode::Leq, Mode::Lt, Mode::Gte, Mode::Gt, Mode::Eq, Mode::Neq, Mode::Member] {
+        let values = [
+            -1.0,
+            0.0,
+            0.5,
+            1.0,
+            2.0,
+            3.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        for mode in [
+            Mode::Leq,
+            Mode::Lt,
+            Mode::Gte,
+            Mode::Gt,
+            Mode::Eq,
+            Mode::Neq,
+            Mode::Member,
+        ] {
             for mtt in [false, true] {
                 let spec = stump(mode, 1.0, mtt);
                 for v in values {
@@ -461,17 +495,45 @@ mod tests {
         // 8-lane path and the one-row tail.
         let deep = |t: f32| SpecTree {
             nodes: vec![
-                SpecNode::Branch { feature: 0, mode: Mode::Gt, threshold: t, members: vec![], missing_tracks_true: true, if_true: 1, if_false: 2 },
+                SpecNode::Branch {
+                    feature: 0,
+                    mode: Mode::Gt,
+                    threshold: t,
+                    members: vec![],
+                    missing_tracks_true: true,
+                    if_true: 1,
+                    if_false: 2,
+                },
                 SpecNode::Leaf(vec![(0, 1.0)]),
-                SpecNode::Branch { feature: 1, mode: Mode::Leq, threshold: -t, members: vec![], missing_tracks_true: false, if_true: 3, if_false: 4 },
+                SpecNode::Branch {
+                    feature: 1,
+                    mode: Mode::Leq,
+                    threshold: -t,
+                    members: vec![],
+                    missing_tracks_true: false,
+                    if_true: 3,
+                    if_false: 4,
+                },
                 SpecNode::Leaf(vec![(0, 2.0)]),
                 SpecNode::Leaf(vec![(0, 4.0)]),
             ],
         };
-        let spec = EnsembleSpec { trees: vec![deep(0.0), deep(0.5), deep(-0.5)], n_targets: 1, aggregate: Aggregate::Sum };
+        let spec = EnsembleSpec {
+            trees: vec![deep(0.0), deep(0.5), deep(-0.5)],
+            n_targets: 1,
+            aggregate: Aggregate::Sum,
+        };
         let e = CompiledEnsemble::compile(&spec).unwrap();
         let rows = 21;
-        let x: Vec<f32> = (0..rows * 2).map(|i| if i % 7 == 3 { f32::NAN } else { ((i * 37) % 11) as f32 / 5.0 - 1.0 }).collect();
+        let x: Vec<f32> = (0..rows * 2)
+            .map(|i| {
+                if i % 7 == 3 {
+                    f32::NAN
+                } else {
+                    ((i * 37) % 11) as f32 / 5.0 - 1.0
+                }
+            })
+            .collect();
         let batch = e.eval(&x, rows, 2).unwrap();
         for r in 0..rows {
             let one = e.eval(&x[r * 2..r * 2 + 2], 1, 2).unwrap();

@@ -87,7 +87,11 @@ pub fn regressor(
                 Aggregate::Min | Aggregate::Max if raw.has[i] => raw.scores[i],
                 Aggregate::Min | Aggregate::Max => 0.0,
             };
-            let base = if use_base { f64::from(base_values[t]) } else { 0.0 };
+            let base = if use_base {
+                f64::from(base_values[t])
+            } else {
+                0.0
+            };
             *cell = (score + base) as f32;
         }
         if n_targets == 1 {
@@ -195,7 +199,11 @@ pub fn classifier(raw: &RawScores, c: &ClassifierShape) -> (Vec<Label>, Vec<f32>
         };
         let label = if c.binary_case {
             let (positive, case) = if c.weights_all_positive {
-                if pos_weight > 0.5 { (true, 0) } else { (false, 1) }
+                if pos_weight > 0.5 {
+                    (true, 0)
+                } else {
+                    (false, 1)
+                }
             } else if pos_weight > 0.0 {
                 (true, 2)
             } else {

@@ -15,7 +15,9 @@ use tract_onnx::tract_hir::internal::*;
 
 use self::compiled::CompiledEnsemble;
 use self::finalize::{ClassifierShape, Label};
-use self::spec::{Aggregate, EnsembleSpec, FlatAttributes, Mode, PostTransform, SpecNode, SpecTree};
+use self::spec::{
+    Aggregate, EnsembleSpec, FlatAttributes, Mode, PostTransform, SpecNode, SpecTree,
+};
 
 /// Class labels of a classifier.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,8 +75,14 @@ impl ClassLabels {
 /// What the operator outputs.
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
-    Regressor { base_values: Vec<f32>, post: PostTransform },
-    Classifier { shape: ClassifierShape, labels: ClassLabels },
+    Regressor {
+        base_values: Vec<f32>,
+        post: PostTransform,
+    },
+    Classifier {
+        shape: ClassifierShape,
+        labels: ClassLabels,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -135,10 +143,17 @@ impl EvalOp for TreeEnsembleOp {
         let (rows, width) = match *input.shape() {
             [rows, width] => (rows, width),
             [width] => (1, width),
-            ref other => bail!("{} expects a [N, F] input, got shape {other:?}", self.0.name),
+            ref other => bail!(
+                "{} expects a [N, F] input, got shape {other:?}",
+                self.0.name
+            ),
         };
         let x = input.try_as_plain_ram()?.as_slice::<f32>()?;
-        let raw = self.0.ensemble.eval(x, rows, width).map_err(|e| format_err!("{e}"))?;
+        let raw = self
+            .0
+            .ensemble
+            .eval(x, rows, width)
+            .map_err(|e| format_err!("{e}"))?;
         match &self.0.kind {
             Kind::Regressor { base_values, post } => {
                 let t = self.0.ensemble.n_targets();
@@ -172,13 +187,18 @@ fn aggregate_of(e: &CompiledEnsemble) -> Aggregate {
 
 impl TypedOp for TreeEnsembleOp {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let n = inputs[0].shape.iter().next().cloned().unwrap_or_else(|| 1.to_dim());
+        let n = inputs[0]
+            .shape
+            .iter()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| 1.to_dim());
         match &self.0.kind {
             Kind::Regressor { .. } => {
                 Ok(tvec!(f32::fact(&[n, self.0.ensemble.n_targets().to_dim()])))
             }
             Kind::Classifier { shape, labels } => Ok(tvec!(
-                labels.datum_type().fact(&[n.clone()]),
+                labels.datum_type().fact(std::slice::from_ref(&n)),
                 f32::fact(&[n, shape.n_classes.to_dim()])
             )),
         }
@@ -258,7 +278,11 @@ fn floats(ctx: &ParsingContext, node: &NodeProto, name: &str) -> TractResult<Opt
     tensor_floats(ctx, node, &format!("{name}_as_tensor"))
 }
 
-fn tensor_floats(ctx: &ParsingContext, node: &NodeProto, name: &str) -> TractResult<Option<Vec<f32>>> {
+fn tensor_floats(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+    name: &str,
+) -> TractResult<Option<Vec<f32>>> {
     match node.get_attr_opt::<&tract_onnx::pb::TensorProto>(name)? {
         None => Ok(None),
         Some(t) => {
@@ -303,7 +327,9 @@ fn flat_ensemble(
 }
 
 fn post_transform(node: &NodeProto) -> TractResult<PostTransform> {
-    let s = node.get_attr_opt::<&str>("post_transform")?.unwrap_or("NONE");
+    let s = node
+        .get_attr_opt::<&str>("post_transform")?
+        .unwrap_or("NONE");
     PostTransform::parse(s).ok_or_else(|| attr_err(node, format!("unknown post_transform {s}")))
 }
 
@@ -314,7 +340,11 @@ fn build(
     kind: Kind,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let ensemble = CompiledEnsemble::compile(spec).map_err(|e| attr_err(node, e))?;
-    let op = TreeEnsembleOp(Arc::new(Inner { name, ensemble, kind }));
+    let op = TreeEnsembleOp(Arc::new(Inner {
+        name,
+        ensemble,
+        kind,
+    }));
     Ok((expand(TreeEnsembleExpansion(op)), vec![]))
 }
 
@@ -328,12 +358,17 @@ pub fn regressor(
         .ok()
         .filter(|&n| n > 0)
         .ok_or_else(|| attr_err(node, format!("n_targets must be positive, got {n_targets}")))?;
-    let agg = node.get_attr_opt::<&str>("aggregate_function")?.unwrap_or("SUM");
+    let agg = node
+        .get_attr_opt::<&str>("aggregate_function")?
+        .unwrap_or("SUM");
     let aggregate = Aggregate::parse(agg)
         .ok_or_else(|| attr_err(node, format!("unknown aggregate_function {agg}")))?;
     let spec = flat_ensemble(ctx, node, "target", n_targets, aggregate)?;
     let base_values = floats(ctx, node, "base_values")?.unwrap_or_default();
-    let kind = Kind::Regressor { base_values, post: post_transform(node)? };
+    let kind = Kind::Regressor {
+        base_values,
+        post: post_transform(node)?,
+    };
     build(node, "TreeEnsembleRegressor", &spec, kind)
 }
 
@@ -369,11 +404,10 @@ pub fn classifier(
         })
         .flatten()
         .collect();
-    let weights_all_positive = spec
-        .trees
-        .iter()
-        .flat_map(|t| &t.nodes)
-        .all(|n| matches!(n, SpecNode::Leaf(w) if w.iter().all(|&(_, x)| x >= 0.0)) || matches!(n, SpecNode::Branch { .. }));
+    let weights_all_positive = spec.trees.iter().flat_map(|t| &t.nodes).all(|n| {
+        matches!(n, SpecNode::Leaf(w) if w.iter().all(|&(_, x)| x >= 0.0))
+            || matches!(n, SpecNode::Branch { .. })
+    });
     let shape = ClassifierShape {
         n_classes,
         base_values: floats(ctx, node, "base_values")?.unwrap_or_default(),
@@ -381,7 +415,12 @@ pub fn classifier(
         binary_case: n_classes == 2 && ensemble_ids.len() == 1,
         weights_all_positive,
     };
-    build(node, "TreeEnsembleClassifier", &spec, Kind::Classifier { shape, labels })
+    build(
+        node,
+        "TreeEnsembleClassifier",
+        &spec,
+        Kind::Classifier { shape, labels },
+    )
 }
 
 /// Parser for `TreeEnsemble` (ai.onnx.ml opset 5).
@@ -430,11 +469,17 @@ pub fn tree_ensemble_v5(
         ("nodes_falseleafs", false_leafs.len()),
     ] {
         if len != n {
-            return Err(attr_err(node, format!("{name} has {len} entries, nodes_featureids has {n}")));
+            return Err(attr_err(
+                node,
+                format!("{name} has {len} entries, nodes_featureids has {n}"),
+            ));
         }
     }
     if leaf_targets.len() != leaf_weights.len() {
-        return Err(attr_err(node, "leaf_targetids and leaf_weights differ in length"));
+        return Err(attr_err(
+            node,
+            "leaf_targetids and leaf_weights differ in length",
+        ));
     }
     // Membership sets, one per BRANCH_MEMBER node in node order, NaN-separated.
     let mut sets = membership.split(|v| v.is_nan()).map(<[f32]>::to_vec);
@@ -458,13 +503,17 @@ pub fn tree_ensemble_v5(
         stack.push((root, None));
         let mut budget = n + leaf_weights.len() + 1;
         while let Some((i, parent)) = stack.pop() {
-            budget = budget.checked_sub(1).ok_or_else(|| attr_err(node, "trees share nodes or loop"))?;
+            budget = budget
+                .checked_sub(1)
+                .ok_or_else(|| attr_err(node, "trees share nodes or loop"))?;
             let me = nodes.len();
-            let mode = u8::try_from(modes[i]).ok().and_then(Mode::from_code).ok_or_else(|| {
-                attr_err(node, format!("unknown node mode {}", modes[i]))
-            })?;
+            let mode = u8::try_from(modes[i])
+                .ok()
+                .and_then(Mode::from_code)
+                .ok_or_else(|| attr_err(node, format!("unknown node mode {}", modes[i])))?;
             nodes.push(SpecNode::Branch {
-                feature: u32::try_from(features[i]).map_err(|_| attr_err(node, "bad feature id"))?,
+                feature: u32::try_from(features[i])
+                    .map_err(|_| attr_err(node, "bad feature id"))?,
                 mode,
                 threshold: splits[i],
                 members: member_of[i].clone(),
@@ -473,11 +522,20 @@ pub fn tree_ensemble_v5(
                 if_false: 0,
             });
             link(&mut nodes, parent, me);
-            for (is_true, ids, leafs) in [(false, false_ids, false_leafs), (true, true_ids, true_leafs)] {
-                let target = usize::try_from(ids[i]).map_err(|_| attr_err(node, "negative child id"))?;
+            for (is_true, ids, leafs) in [
+                (false, false_ids, false_leafs),
+                (true, true_ids, true_leafs),
+            ] {
+                let target =
+                    usize::try_from(ids[i]).map_err(|_| attr_err(node, "negative child id"))?;
                 if leafs[i] != 0 {
-                    let w = *leaf_weights.get(target).ok_or_else(|| attr_err(node, "leaf index out of range"))?;
-                    let t = u32::try_from(leaf_targets[target]).ok().filter(|&t| (t as usize) < n_targets).ok_or_else(|| attr_err(node, "leaf target out of range"))?;
+                    let w = *leaf_weights
+                        .get(target)
+                        .ok_or_else(|| attr_err(node, "leaf index out of range"))?;
+                    let t = u32::try_from(leaf_targets[target])
+                        .ok()
+                        .filter(|&t| (t as usize) < n_targets)
+                        .ok_or_else(|| attr_err(node, "leaf target out of range"))?;
                     let leaf = nodes.len();
                     nodes.push(SpecNode::Leaf(vec![(t, w)]));
                     link(&mut nodes, Some((me, is_true)), leaf);
@@ -491,18 +549,32 @@ pub fn tree_ensemble_v5(
         }
         trees.push(SpecTree { nodes });
     }
-    let spec = EnsembleSpec { trees, n_targets, aggregate };
-    build(node, "TreeEnsemble", &spec, Kind::Regressor { base_values: vec![], post })
+    let spec = EnsembleSpec {
+        trees,
+        n_targets,
+        aggregate,
+    };
+    build(
+        node,
+        "TreeEnsemble",
+        &spec,
+        Kind::Regressor {
+            base_values: vec![],
+            post,
+        },
+    )
 }
 
 fn link(nodes: &mut [SpecNode], parent: Option<(usize, bool)>, child: usize) {
-    if let Some((p, is_true)) = parent {
-        if let SpecNode::Branch { if_true, if_false, .. } = &mut nodes[p] {
-            if is_true {
-                *if_true = child;
-            } else {
-                *if_false = child;
-            }
+    if let Some((p, is_true)) = parent
+        && let SpecNode::Branch {
+            if_true, if_false, ..
+        } = &mut nodes[p]
+    {
+        if is_true {
+            *if_true = child;
+        } else {
+            *if_false = child;
         }
     }
 }

@@ -339,7 +339,10 @@ impl EnsembleSpec {
                             mode,
                             threshold: a.values[i],
                             members: vec![],
-                            missing_tracks_true: a.missing_tracks_true.get(i).is_some_and(|&v| v != 0),
+                            missing_tracks_true: a
+                                .missing_tracks_true
+                                .get(i)
+                                .is_some_and(|&v| v != 0),
                             if_true,
                             if_false,
                         }
@@ -349,7 +352,11 @@ impl EnsembleSpec {
             }
             trees.push(SpecTree { nodes });
         }
-        let spec = EnsembleSpec { trees, n_targets, aggregate };
+        let spec = EnsembleSpec {
+            trees,
+            n_targets,
+            aggregate,
+        };
         spec.check_acyclic()?;
         Ok(spec)
     }
@@ -362,9 +369,14 @@ impl EnsembleSpec {
             let mut stack = vec![0usize];
             while let Some(i) = stack.pop() {
                 if std::mem::replace(&mut seen[i], true) {
-                    return Err(format!("tree {t} reaches node {i} twice (cycle or shared node)"));
+                    return Err(format!(
+                        "tree {t} reaches node {i} twice (cycle or shared node)"
+                    ));
                 }
-                if let SpecNode::Branch { if_true, if_false, .. } = tree.nodes[i] {
+                if let SpecNode::Branch {
+                    if_true, if_false, ..
+                } = tree.nodes[i]
+                {
                     stack.push(if_true);
                     stack.push(if_false);
                 }
