@@ -157,13 +157,8 @@ impl EvalOp for TreeEnsembleOp {
         match &self.0.kind {
             Kind::Regressor { base_values, post } => {
                 let t = self.0.ensemble.n_targets();
-                let out = finalize::regressor(
-                    &raw,
-                    t,
-                    aggregate_of(&self.0.ensemble),
-                    base_values,
-                    *post,
-                );
+                let out =
+                    finalize::regressor(&raw, t, self.0.ensemble.aggregate(), base_values, *post);
                 Ok(tvec!(Tensor::from_shape(&[rows, t], &out)?.into_tvalue()))
             }
             Kind::Classifier { shape, labels } => {
@@ -179,10 +174,6 @@ impl EvalOp for TreeEnsembleOp {
     fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
         Ok(Some(self.eval(&EvalContext::out_of_plan(), inputs)?))
     }
-}
-
-fn aggregate_of(e: &CompiledEnsemble) -> Aggregate {
-    e.aggregate()
 }
 
 impl TypedOp for TreeEnsembleOp {
@@ -326,6 +317,14 @@ fn flat_ensemble(
     EnsembleSpec::from_flat(&attrs, n_targets, aggregate).map_err(|e| attr_err(node, e))
 }
 
+fn n_targets(node: &NodeProto) -> TractResult<usize> {
+    let n = node.get_attr_opt::<i64>("n_targets")?.unwrap_or(1);
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| attr_err(node, format!("n_targets must be positive, got {n}")))
+}
+
 fn post_transform(node: &NodeProto) -> TractResult<PostTransform> {
     let s = node
         .get_attr_opt::<&str>("post_transform")?
@@ -353,11 +352,7 @@ pub fn regressor(
     ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let n_targets = node.get_attr_opt::<i64>("n_targets")?.unwrap_or(1);
-    let n_targets = usize::try_from(n_targets)
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| attr_err(node, format!("n_targets must be positive, got {n_targets}")))?;
+    let n_targets = n_targets(node)?;
     let agg = node
         .get_attr_opt::<&str>("aggregate_function")?
         .unwrap_or("SUM");
@@ -428,11 +423,7 @@ pub fn tree_ensemble_v5(
     ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let n_targets = node.get_attr_opt::<i64>("n_targets")?.unwrap_or(1);
-    let n_targets = usize::try_from(n_targets)
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| attr_err(node, format!("n_targets must be positive, got {n_targets}")))?;
+    let n_targets = n_targets(node)?;
     let agg = node.get_attr_opt::<i64>("aggregate_function")?.unwrap_or(1);
     let aggregate = Aggregate::from_code(agg)
         .ok_or_else(|| attr_err(node, format!("unknown aggregate_function {agg}")))?;
