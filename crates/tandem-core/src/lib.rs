@@ -4,5 +4,9 @@
 //! targets and the cost model.
 
 pub mod batch;
+pub mod record;
 
 pub use batch::{BatchError, FeatureBatch, Predictions};
+pub use record::{
+    FeatureRow, PredictionRecord, PredictionSource, TtlPolicy, unix_millis, unix_seconds,
+};

@@ -1,0 +1,223 @@
+//! Key layout and value encoding (protocols.md section 3).
+//!
+//! Predictions live under `{namespace}pred:{entity}` as the reference
+//! design's JSON (`{"prediction": .., "timestamp": .., ...}`), features under
+//! `{namespace}features:{entity}` as a JSON object of numbers, and activity
+//! counts in sorted sets `{{namespace}activity}:{bucket}` (the braces are a
+//! Redis Cluster hash tag: every bucket of one namespace lives in one slot so
+//! that a top-K query can merge them server-side).
+
+use tandem_core::{FeatureRow, PredictionRecord};
+
+use crate::error::StoreError;
+
+/// Key prefixes; several models and environments share one Redis by giving
+/// each its own namespace (for example `churn:prod:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLayout {
+    /// Prepended to every key (default empty).
+    pub namespace: String,
+    /// Prediction key prefix after the namespace (default `pred:`).
+    pub prediction_prefix: String,
+    /// Feature key prefix after the namespace (default `features:`).
+    pub feature_prefix: String,
+    /// Activity key stem (default `activity`).
+    pub activity_stem: String,
+}
+
+impl Default for KeyLayout {
+    fn default() -> Self {
+        KeyLayout {
+            namespace: String::new(),
+            prediction_prefix: "pred:".into(),
+            feature_prefix: "features:".into(),
+            activity_stem: "activity".into(),
+        }
+    }
+}
+
+impl KeyLayout {
+    /// The key of an entity's prediction.
+    pub fn prediction_key(&self, entity: &str) -> String {
+        concat3(&self.namespace, &self.prediction_prefix, entity)
+    }
+
+    /// The key of an entity's features.
+    pub fn feature_key(&self, entity: &str) -> String {
+        concat3(&self.namespace, &self.feature_prefix, entity)
+    }
+
+    /// The hash tag shared by every activity key of this namespace.
+    pub fn activity_tag(&self) -> String {
+        format!("{{{}{}}}", self.namespace, self.activity_stem)
+    }
+
+    /// The sorted set counting requests in one time bucket.
+    pub fn activity_key(&self, bucket: u64) -> String {
+        format!("{}:{bucket}", self.activity_tag())
+    }
+}
+
+fn concat3(a: &str, b: &str, c: &str) -> String {
+    let mut s = String::with_capacity(a.len() + b.len() + c.len());
+    s.push_str(a);
+    s.push_str(b);
+    s.push_str(c);
+    s
+}
+
+/// Encodes a prediction record as JSON.
+pub fn encode_prediction(record: &PredictionRecord) -> Vec<u8> {
+    // Serializing a struct of numbers and strings into memory cannot fail.
+    serde_json::to_vec(record).unwrap_or_default()
+}
+
+/// Decodes a prediction record, naming `key` when the bytes are not one.
+pub fn decode_prediction(key: &str, bytes: &[u8]) -> Result<PredictionRecord, StoreError> {
+    let record: PredictionRecord =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(key, e))?;
+    if !record.timestamp.is_finite() {
+        return Err(StoreError::corrupt(key, "timestamp is not a finite number"));
+    }
+    Ok(record)
+}
+
+/// Encodes a feature row as a JSON object of numbers. Non-finite values,
+/// which JSON cannot carry, are written as `null` (read back as absent).
+pub fn encode_features(row: &FeatureRow) -> Vec<u8> {
+    let map: serde_json::Map<String, serde_json::Value> = row
+        .iter()
+        .map(|(k, v)| {
+            let v = serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into);
+            (k.clone(), v)
+        })
+        .collect();
+    serde_json::to_vec(&map).unwrap_or_default()
+}
+
+/// Decodes a feature row: a JSON object whose values are numbers or `null`
+/// (absent). Anything else is corrupt.
+pub fn decode_features(key: &str, bytes: &[u8]) -> Result<FeatureRow, StoreError> {
+    let map: std::collections::BTreeMap<String, Option<f64>> =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(key, e))?;
+    Ok(map
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect())
+}
+
+/// The Redis Cluster hash slot of a key (CRC16/XMODEM of the key, or of its
+/// first non-empty `{...}` hash tag, modulo 16384).
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16_xmodem(hashed) % 16384
+}
+
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::PredictionSource;
+
+    #[test]
+    fn default_keys_match_the_reference_layout() {
+        let l = KeyLayout::default();
+        assert_eq!(l.prediction_key("u1"), "pred:u1");
+        assert_eq!(l.feature_key("u1"), "features:u1");
+        assert_eq!(l.activity_key(7), "{activity}:7");
+        let l = KeyLayout {
+            namespace: "churn:prod:".into(),
+            ..KeyLayout::default()
+        };
+        assert_eq!(l.prediction_key("u1"), "churn:prod:pred:u1");
+        assert_eq!(l.activity_key(7), "{churn:prod:activity}:7");
+    }
+
+    #[test]
+    fn hash_slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` and the Redis Cluster specification.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        assert_eq!(hash_slot(b"foo{}{bar}"), hash_slot(b"foo{}{bar}"));
+        assert_ne!(hash_slot(b"foo{}{bar}"), hash_slot(b"bar"));
+        assert_eq!(hash_slot(b"foo{{bar}}zap"), hash_slot(b"{bar"));
+    }
+
+    #[test]
+    fn prediction_json_keeps_the_reference_fields_first() {
+        let r = PredictionRecord {
+            prediction: 0.25,
+            timestamp: 1700000000.5,
+            values: None,
+            model: "churn".into(),
+            version: 3,
+            source: PredictionSource::Batch,
+            run_id: Some("run-1".into()),
+            digest: None,
+        };
+        let json = String::from_utf8(encode_prediction(&r)).unwrap();
+        assert!(
+            json.starts_with(r#"{"prediction":0.25,"timestamp":1700000000.5,"#),
+            "{json}"
+        );
+        assert_eq!(decode_prediction("k", json.as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn a_record_written_by_the_reference_design_decodes() {
+        let r = decode_prediction("pred:1", br#"{"prediction":1.0,"timestamp":5.0}"#).unwrap();
+        assert_eq!((r.prediction, r.timestamp, r.version), (1.0, 5.0, 0));
+        assert_eq!(&*r.model, "");
+        assert_eq!(r.source, PredictionSource::Batch);
+    }
+
+    #[test]
+    fn corrupt_values_are_errors() {
+        for bad in [&b"not json"[..], b"{\"prediction\":\"x\"}", b"[]", b""] {
+            assert!(matches!(
+                decode_prediction("pred:x", bad),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+        assert!(matches!(
+            decode_features("features:x", br#"{"a":"text"}"#),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn features_round_trip_and_null_is_absent() {
+        let mut row = FeatureRow::new();
+        row.insert("a".into(), 1.5);
+        row.insert("b".into(), f64::NAN);
+        let bytes = encode_features(&row);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"a":1.5,"b":null}"#
+        );
+        let back = decode_features("k", &bytes).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back["a"], 1.5);
+    }
+}

@@ -1,0 +1,552 @@
+//! Redis and Redis Cluster backends (the `redis` crate, async).
+//!
+//! Standalone Redis goes through a [`ConnectionManager`], which reconnects
+//! by itself after the server comes back. Bulk reads are `MGET`s of up to
+//! [`CHUNK`] keys and bulk writes pipelines of `SET key value PX ttl`, several
+//! in flight at once on the one multiplexed connection. On a cluster, reads
+//! are `MGET`s that the client splits per slot, and writes are grouped by
+//! hash slot into one pipeline per slot (a cluster pipeline must stay in one
+//! slot), many in flight at once. Every round trip is bounded by the
+//! configured timeout.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+use tandem_core::{FeatureRow, PredictionRecord};
+use tokio::sync::OnceCell;
+
+use crate::api::{
+    ActiveEntity, ActivityLog, FeatureStore, PredictionEntry, PredictionStore, Store, bucket_of,
+    buckets_in_window, top_k,
+};
+use crate::config::{StoreOptions, redact};
+use crate::error::{Lookup, StoreError};
+use crate::layout::{
+    decode_features, decode_prediction, encode_features, encode_prediction, hash_slot,
+};
+
+/// Keys per `MGET` and commands per pipeline.
+pub const CHUNK: usize = 1000;
+/// Round trips in flight at once for one bulk call.
+const IN_FLIGHT: usize = 16;
+/// Slot pipelines in flight at once for one bulk call on a cluster.
+const CLUSTER_IN_FLIGHT: usize = 256;
+
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(Box<ClusterConn>),
+}
+
+struct ClusterConn {
+    client: redis::cluster::ClusterClient,
+    conn: OnceCell<ClusterConnection>,
+}
+
+/// One value to write: key, encoded value, TTL.
+type Write = (String, Vec<u8>, Option<Duration>);
+/// Values read by one `MGET`, and where they go in the answer.
+type MgetAnswer = (Vec<usize>, Vec<Option<Vec<u8>>>);
+
+/// A store on Redis or Redis Cluster.
+pub struct RedisStore {
+    conn: Conn,
+    options: StoreOptions,
+    backend: &'static str,
+    description: String,
+}
+
+impl RedisStore {
+    /// Connects lazily to a standalone Redis (`redis://` or `rediss://`):
+    /// opening never waits for the server; the first call connects, and
+    /// later calls reconnect after a failure.
+    pub fn open(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let invalid = |e: RedisError| StoreError::InvalidUrl {
+            url: redact(url),
+            detail: e.to_string(),
+        };
+        let client = redis::Client::open(url).map_err(invalid)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
+        let host = url.split_once("://").map_or(url, |(_, r)| r);
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        Ok(RedisStore {
+            conn: Conn::Single(manager),
+            options,
+            backend: "redis",
+            description: format!("redis {}", host.trim_end_matches("#insecure")),
+        })
+    }
+
+    /// Connects lazily to a Redis Cluster through its seed nodes.
+    pub fn open_cluster(nodes: &[String], options: StoreOptions) -> Result<Self, StoreError> {
+        let client = ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(options.timeout)
+            .response_timeout(options.timeout)
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()
+            .map_err(|e| StoreError::InvalidUrl {
+                url: nodes
+                    .iter()
+                    .map(|n| redact(n))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                detail: e.to_string(),
+            })?;
+        let hosts: Vec<&str> = nodes
+            .iter()
+            .map(|n| {
+                let h = n.split_once("://").map_or(n.as_str(), |(_, r)| r);
+                h.rsplit_once('@')
+                    .map_or(h, |(_, h)| h)
+                    .trim_end_matches("#insecure")
+            })
+            .collect();
+        Ok(RedisStore {
+            conn: Conn::Cluster(Box::new(ClusterConn {
+                client,
+                conn: OnceCell::new(),
+            })),
+            options,
+            backend: "redis-cluster",
+            description: format!("redis-cluster {}", hosts.join(",")),
+        })
+    }
+
+    fn error(&self, e: RedisError) -> StoreError {
+        classify(self.backend, self.options.timeout, &e)
+    }
+
+    /// Runs one round trip under the timeout.
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.options.timeout, fut).await {
+            Ok(r) => r.map_err(|e| self.error(e)),
+            Err(_) => Err(StoreError::TimedOut {
+                backend: self.backend,
+                after: self.options.timeout,
+            }),
+        }
+    }
+
+    async fn cluster_conn(
+        &self,
+        client: &redis::cluster::ClusterClient,
+        cell: &OnceCell<ClusterConnection>,
+    ) -> Result<ClusterConnection, StoreError> {
+        let conn = cell
+            .get_or_try_init(|| self.bounded(client.get_async_connection()))
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// Sends a command or pipeline on whichever connection this store has.
+    async fn query<T: redis::FromRedisValue + Send>(
+        &self,
+        run: impl AsyncQuery,
+    ) -> Result<T, StoreError> {
+        match &self.conn {
+            Conn::Single(manager) => {
+                let mut c = manager.clone();
+                self.bounded(run.query::<T, _>(&mut c)).await
+            }
+            Conn::Cluster(cluster) => {
+                let mut c = self.cluster_conn(&cluster.client, &cluster.conn).await?;
+                self.bounded(run.query::<T, _>(&mut c)).await
+            }
+        }
+    }
+
+    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // Standalone: MGETs of CHUNK keys. Cluster: one MGET per hash slot
+        // (a cluster MGET must stay in one slot; the client would otherwise
+        // split it into one request per key's slot anyway).
+        let groups: Vec<Vec<usize>> = match &self.conn {
+            Conn::Single(_) => (0..keys.len())
+                .collect::<Vec<_>>()
+                .chunks(CHUNK)
+                .map(<[usize]>::to_vec)
+                .collect(),
+            Conn::Cluster(_) => {
+                let mut by_slot: HashMap<u16, Vec<usize>> = HashMap::new();
+                for (i, key) in keys.iter().enumerate() {
+                    by_slot
+                        .entry(hash_slot(key.as_bytes()))
+                        .or_default()
+                        .push(i);
+                }
+                by_slot
+                    .into_values()
+                    .flat_map(|g| g.chunks(CHUNK).map(<[usize]>::to_vec).collect::<Vec<_>>())
+                    .collect()
+            }
+        };
+        let in_flight = match &self.conn {
+            Conn::Single(_) => IN_FLIGHT,
+            Conn::Cluster(_) => CLUSTER_IN_FLIGHT,
+        };
+        let requests: Vec<(Vec<usize>, redis::Cmd)> = groups
+            .into_iter()
+            .map(|group| {
+                let mut cmd = redis::cmd("MGET");
+                for &i in &group {
+                    cmd.arg(&keys[i]);
+                }
+                (group, cmd)
+            })
+            .collect();
+        let answers: Vec<MgetAnswer> = stream::iter(requests)
+            .map(|(group, cmd)| async move {
+                let values = self.query::<Vec<Option<Vec<u8>>>>(cmd).await?;
+                Ok::<_, StoreError>((group, values))
+            })
+            .buffer_unordered(in_flight)
+            .try_collect()
+            .await?;
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        for (group, values) in answers {
+            if values.len() != group.len() {
+                return Err(StoreError::Backend {
+                    backend: self.backend,
+                    detail: format!(
+                        "MGET of {} keys answered {} values",
+                        group.len(),
+                        values.len()
+                    ),
+                });
+            }
+            for (i, v) in group.into_iter().zip(values) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `(key, value, ttl)` triples, `SET key value [PX ms]`.
+    async fn set_many(&self, items: Vec<Write>) -> Result<(), StoreError> {
+        let pipeline = |items: &[Write]| {
+            let mut pipe = redis::pipe();
+            for (key, value, ttl) in items {
+                let cmd = pipe.cmd("SET").arg(key).arg(value.as_slice());
+                if let Some(ttl) = ttl {
+                    cmd.arg("PX")
+                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+                }
+                cmd.ignore();
+            }
+            pipe
+        };
+        match &self.conn {
+            Conn::Single(_) => {
+                let pipes: Vec<redis::Pipeline> = items.chunks(CHUNK).map(pipeline).collect();
+                self.send_all(pipes, IN_FLIGHT).await
+            }
+            Conn::Cluster(_) => {
+                let mut by_slot: HashMap<u16, Vec<Write>> = HashMap::new();
+                for item in items {
+                    by_slot
+                        .entry(hash_slot(item.0.as_bytes()))
+                        .or_default()
+                        .push(item);
+                }
+                let pipes: Vec<redis::Pipeline> = by_slot
+                    .values()
+                    .flat_map(|group| group.chunks(CHUNK).map(pipeline))
+                    .collect();
+                self.send_all(pipes, CLUSTER_IN_FLIGHT).await
+            }
+        }
+    }
+
+    async fn del_many(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        // A multi-key DEL is split per slot by the cluster client.
+        let cmds: Vec<redis::Cmd> = keys
+            .chunks(CHUNK)
+            .map(|chunk| {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(chunk);
+                cmd
+            })
+            .collect();
+        stream::iter(cmds)
+            .map(|cmd| self.query::<()>(cmd))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Sends pipelines whose replies are ignored, `in_flight` at a time.
+    async fn send_all(
+        &self,
+        pipes: Vec<redis::Pipeline>,
+        in_flight: usize,
+    ) -> Result<(), StoreError> {
+        stream::iter(pipes)
+            .map(|pipe| self.query::<()>(pipe))
+            .buffer_unordered(in_flight)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+/// A command or a pipeline, sent the same way on either connection.
+trait AsyncQuery: Send {
+    fn query<T: redis::FromRedisValue, C: redis::aio::ConnectionLike + Send>(
+        self,
+        con: &mut C,
+    ) -> impl Future<Output = Result<T, RedisError>> + Send;
+}
+
+impl AsyncQuery for redis::Cmd {
+    async fn query<T: redis::FromRedisValue, C: redis::aio::ConnectionLike + Send>(
+        self,
+        con: &mut C,
+    ) -> Result<T, RedisError> {
+        self.query_async(con).await
+    }
+}
+
+impl AsyncQuery for redis::Pipeline {
+    async fn query<T: redis::FromRedisValue, C: redis::aio::ConnectionLike + Send>(
+        self,
+        con: &mut C,
+    ) -> Result<T, RedisError> {
+        self.query_async(con).await
+    }
+}
+
+/// Sorts a client error into the store's error kinds.
+fn classify(backend: &'static str, timeout: Duration, e: &RedisError) -> StoreError {
+    if e.is_timeout() {
+        return StoreError::TimedOut {
+            backend,
+            after: timeout,
+        };
+    }
+    let down = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                )
+        );
+    if down {
+        StoreError::Unavailable {
+            backend,
+            detail: e.to_string(),
+        }
+    } else {
+        StoreError::Backend {
+            backend,
+            detail: e.to_string(),
+        }
+    }
+}
+
+fn decode_all<T>(
+    keys: Vec<String>,
+    values: Vec<Option<Vec<u8>>>,
+    decode: fn(&str, &[u8]) -> Result<T, StoreError>,
+) -> Vec<Lookup<T>> {
+    keys.into_iter()
+        .zip(values)
+        .map(|(key, value)| match value {
+            Some(bytes) => decode(&key, &bytes),
+            None => Err(StoreError::NotFound { key }),
+        })
+        .collect()
+}
+
+static TEMP_KEYS: AtomicU64 = AtomicU64::new(0);
+
+#[async_trait]
+impl PredictionStore for RedisStore {
+    async fn get_predictions(
+        &self,
+        entities: &[String],
+    ) -> Result<Vec<Lookup<PredictionRecord>>, StoreError> {
+        let keys: Vec<String> = entities
+            .iter()
+            .map(|e| self.options.layout.prediction_key(e))
+            .collect();
+        let values = self.mget(&keys).await?;
+        Ok(decode_all(keys, values, decode_prediction))
+    }
+
+    async fn put_predictions(&self, entries: &[PredictionEntry]) -> Result<(), StoreError> {
+        let items = entries
+            .iter()
+            .map(|e| {
+                (
+                    self.options.layout.prediction_key(&e.entity),
+                    encode_prediction(&e.record),
+                    Some(e.ttl),
+                )
+            })
+            .collect();
+        self.set_many(items).await
+    }
+
+    async fn delete_predictions(&self, entities: &[String]) -> Result<(), StoreError> {
+        let keys = entities
+            .iter()
+            .map(|e| self.options.layout.prediction_key(e))
+            .collect();
+        self.del_many(keys).await
+    }
+}
+
+#[async_trait]
+impl FeatureStore for RedisStore {
+    async fn get_features(
+        &self,
+        entities: &[String],
+    ) -> Result<Vec<Lookup<FeatureRow>>, StoreError> {
+        let keys: Vec<String> = entities
+            .iter()
+            .map(|e| self.options.layout.feature_key(e))
+            .collect();
+        let values = self.mget(&keys).await?;
+        Ok(decode_all(keys, values, decode_features))
+    }
+
+    async fn put_features(
+        &self,
+        rows: &[(String, FeatureRow)],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let items = rows
+            .iter()
+            .map(|(e, row)| {
+                (
+                    self.options.layout.feature_key(e),
+                    encode_features(row),
+                    ttl,
+                )
+            })
+            .collect();
+        self.set_many(items).await
+    }
+}
+
+#[async_trait]
+impl ActivityLog for RedisStore {
+    async fn record_activity(&self, entities: &[String], at: SystemTime) -> Result<(), StoreError> {
+        if entities.is_empty() {
+            return Ok(());
+        }
+        let key = self
+            .options
+            .layout
+            .activity_key(bucket_of(at, self.options.activity_bucket));
+        let mut counts: HashMap<&str, u64> = HashMap::new();
+        for e in entities {
+            *counts.entry(e.as_str()).or_default() += 1;
+        }
+        let counts: Vec<(&str, u64)> = counts.into_iter().collect();
+        let retention_ms =
+            u64::try_from(self.options.activity_retention.as_millis()).unwrap_or(u64::MAX);
+        // Every activity key carries the namespace's hash tag: one slot, so
+        // each pipeline is valid on a cluster too.
+        let pipes: Vec<redis::Pipeline> = counts
+            .chunks(CHUNK)
+            .map(|chunk| {
+                let mut pipe = redis::pipe();
+                for (entity, n) in chunk {
+                    pipe.cmd("ZINCRBY").arg(&key).arg(*n).arg(*entity).ignore();
+                }
+                pipe.cmd("PEXPIRE").arg(&key).arg(retention_ms).ignore();
+                pipe
+            })
+            .collect();
+        self.send_all(pipes, IN_FLIGHT).await
+    }
+
+    async fn top_active(
+        &self,
+        k: usize,
+        lookback: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<ActiveEntity>, StoreError> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let layout = &self.options.layout;
+        let keys: Vec<String> = buckets_in_window(now, lookback, self.options.activity_bucket)
+            .map(|b| layout.activity_key(b))
+            .collect();
+        let temp = format!(
+            "{}:top:{}:{}",
+            layout.activity_tag(),
+            std::process::id(),
+            TEMP_KEYS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZUNIONSTORE")
+            .arg(&temp)
+            .arg(keys.len())
+            .arg(&keys)
+            .ignore()
+            .cmd("ZREVRANGE")
+            .arg(&temp)
+            .arg(0)
+            .arg(k - 1)
+            .arg("WITHSCORES")
+            .cmd("PEXPIRE")
+            .arg(&temp)
+            .arg(60_000)
+            .ignore();
+        let (head,): (Vec<(String, f64)>,) = self.query(pipe).await?;
+        let mut counts: Vec<(String, u64)> = head.into_iter().map(|(e, s)| (e, s as u64)).collect();
+        if counts.len() == k {
+            // Redis breaks ties at the cut in reverse byte order; fetch every
+            // entity tied with the last one so that ties go by entity id on
+            // every backend.
+            let last = counts[k - 1].1;
+            let mut cmd = redis::cmd("ZRANGEBYSCORE");
+            cmd.arg(&temp).arg(last).arg(last);
+            let tied: Vec<String> = self.query(cmd).await?;
+            counts.retain(|(_, c)| *c > last);
+            counts.extend(tied.into_iter().map(|e| (e, last)));
+        }
+        let mut del = redis::cmd("DEL");
+        del.arg(&temp);
+        self.query::<()>(del).await?;
+        Ok(top_k(counts, k))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let cmd = redis::cmd("PING");
+        self.query::<String>(cmd).await.map(drop)
+    }
+}

@@ -1,0 +1,208 @@
+//! The shared suite on a real standalone `redis-server`, plus fault tests:
+//! the server killed mid-operation, then restarted.
+
+mod suite;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_store::{Store, StoreError};
+use tandem_testing::RedisServer;
+
+struct Redis {
+    server: RedisServer,
+}
+
+impl Redis {
+    fn new() -> Self {
+        Redis {
+            server: RedisServer::start(),
+        }
+    }
+}
+
+impl suite::Harness for Redis {
+    fn store(&self) -> Arc<dyn Store> {
+        // The suite checks behaviour, not latency: a generous per-call
+        // timeout keeps a loaded CI machine from failing it.
+        tandem_store::open(&format!("{}?timeout_ms=15000", self.server.url())).unwrap()
+    }
+
+    fn plant_raw(&self, store: Arc<dyn Store>, key: &str, bytes: &[u8]) -> Arc<dyn Store> {
+        let reply = self
+            .server
+            .command(&["SET", key, std::str::from_utf8(bytes).unwrap()]);
+        assert!(reply.starts_with("+OK"), "{reply}");
+        store
+    }
+}
+
+store_suite!(Redis::new(), "pred:e0", "features:e0");
+
+#[tokio::test]
+async fn values_follow_the_reference_layout() {
+    let h = Redis::new();
+    let store = suite::Harness::store(&h);
+    let e = suite::entry(3, Duration::from_secs(86_400));
+    store
+        .put_predictions(std::slice::from_ref(&e))
+        .await
+        .unwrap();
+    let raw = h.server.command(&["GET", "pred:e3"]);
+    assert!(raw.contains(r#"{"prediction":0.003,"timestamp":"#), "{raw}");
+    assert!(
+        raw.contains(r#""model":"churn","version":2,"source":"realtime""#),
+        "{raw}"
+    );
+    let ttl: i64 = h.server.command(&["TTL", "pred:e3"])[1..]
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((86_390..=86_400).contains(&ttl), "TTL {ttl}");
+    // A record written by the reference design itself reads back.
+    h.server.command(&[
+        "SET",
+        "pred:legacy",
+        r#"{"prediction": 0.7, "timestamp": 1700000000.0}"#,
+    ]);
+    let got = store.get_predictions(&["legacy".into()]).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().prediction, 0.7);
+}
+
+#[tokio::test]
+async fn namespaces_share_one_redis_without_collisions() {
+    let h = Redis::new();
+    let a = tandem_store::open(&format!("{}?namespace=churn:prod:", h.server.url())).unwrap();
+    let b = tandem_store::open(&format!("{}?namespace=churn:staging:", h.server.url())).unwrap();
+    let mut ea = suite::entry(1, Duration::from_secs(60));
+    ea.record.prediction = 1.0;
+    let mut eb = suite::entry(1, Duration::from_secs(60));
+    eb.record.prediction = 2.0;
+    a.put_predictions(&[ea]).await.unwrap();
+    b.put_predictions(&[eb]).await.unwrap();
+    let got_a = a.get_predictions(&["e1".into()]).await.unwrap();
+    let got_b = b.get_predictions(&["e1".into()]).await.unwrap();
+    assert_eq!(got_a[0].as_ref().unwrap().prediction, 1.0);
+    assert_eq!(got_b[0].as_ref().unwrap().prediction, 2.0);
+    assert!(
+        h.server
+            .command(&["EXISTS", "churn:prod:pred:e1"])
+            .starts_with(":1")
+    );
+    a.record_activity(&["x".into()], std::time::SystemTime::now())
+        .await
+        .unwrap();
+    let top_b = b
+        .top_active(5, Duration::from_secs(3600), std::time::SystemTime::now())
+        .await
+        .unwrap();
+    assert!(top_b.is_empty(), "{top_b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_gives_unavailable_within_the_timeout_and_recovery_needs_no_restart() {
+    let mut h = Redis::new();
+    let timeout = Duration::from_millis(500);
+    let store = tandem_store::open(&format!("{}?timeout_ms=500", h.server.url())).unwrap();
+    store
+        .put_predictions(&[suite::entry(1, Duration::from_secs(600))])
+        .await
+        .unwrap();
+
+    // Kill the server while a large write is in flight.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let entries: Vec<_> = (0..300_000)
+                .map(|i| suite::entry(i, Duration::from_secs(600)))
+                .collect();
+            let started = Instant::now();
+            (store.put_predictions(&entries).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    h.server.kill();
+    let (result, _) = writer.await.unwrap();
+    let err = result.expect_err("a write to a killed server must fail");
+    assert!(err.is_transient(), "{err}");
+
+    // While it is down, every call fails fast and says so.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = store.get_predictions(&suite::ids(0..10)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Unavailable { .. } | StoreError::TimedOut { .. }
+            ),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < timeout * 3,
+            "a call to a dead server took {:?}",
+            started.elapsed()
+        );
+    }
+    let err = store.ping().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+
+    // Back up: the same store object works again (data is gone: no persistence).
+    h.server.restart();
+    let mut recovered = None;
+    for attempt in 0..20 {
+        match store.get_predictions(&suite::ids(0..2)).await {
+            Ok(got) => {
+                recovered = Some((attempt, got));
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_transient(), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let (attempt, got) = recovered.expect("the store did not recover after the restart");
+    assert!(attempt <= 3, "recovered only after {attempt} failed calls");
+    assert!(got.iter().all(|g| g.as_ref().unwrap_err().is_not_found()));
+    store
+        .put_predictions(&[suite::entry(5, Duration::from_secs(60))])
+        .await
+        .unwrap();
+    assert!(store.get_predictions(&["e5".into()]).await.unwrap()[0].is_ok());
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    // A listener that accepts and never replies stands in for a hung server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let store = tandem_store::open(&format!("redis://127.0.0.1:{port}?timeout_ms=200")).unwrap();
+    let started = Instant::now();
+    let err = store.get_predictions(&["a".into()]).await.unwrap_err();
+    assert!(matches!(err, StoreError::TimedOut { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unavailable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let store = tandem_store::open(&format!("redis://127.0.0.1:{port}?timeout_ms=300")).unwrap();
+    let err = store
+        .put_predictions(&[suite::entry(1, Duration::from_secs(1))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+}

@@ -1,0 +1,203 @@
+//! The memory tier and the tiered reader, in front of a real embedded store
+//! (and a Redis that is down).
+
+mod suite;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tandem_core::unix_seconds;
+use tandem_store::{
+    EmbeddedStore, MemoryTier, MemoryTierConfig, PredictionStore, StoreError, StoreOptions, Tier,
+    TierLookup, TieredPredictions,
+};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn embedded() -> (tempfile::TempDir, Arc<EmbeddedStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path().join("s.redb"), StoreOptions::default()).unwrap();
+    (dir, Arc::new(store))
+}
+
+#[tokio::test]
+async fn store_hits_are_promoted_into_memory_and_counted_per_tier() {
+    let (_dir, store) = embedded();
+    store
+        .put_predictions(&[suite::entry(1, HOUR)])
+        .await
+        .unwrap();
+    let tiers = TieredPredictions::new(MemoryTier::new(MemoryTierConfig::default()), store);
+    let now = SystemTime::now();
+    let ids = suite::ids(0..2);
+
+    let first = tiers.get(&ids, HOUR, now).await;
+    assert_eq!(first[0], TierLookup::Miss);
+    assert!(
+        matches!(&first[1], TierLookup::Fresh { tier: Tier::Store, record } if record.prediction == 0.001)
+    );
+    let second = tiers.get(&ids, HOUR, now).await;
+    assert_eq!(second[0], TierLookup::Miss);
+    assert!(matches!(
+        &second[1],
+        TierLookup::Fresh {
+            tier: Tier::Memory,
+            ..
+        }
+    ));
+
+    let c = tiers.counters();
+    assert_eq!((c.memory_hits, c.memory_misses, c.memory_stale), (1, 3, 0));
+    assert_eq!(
+        (c.store_hits, c.store_misses, c.store_stale, c.store_errors),
+        (1, 2, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn an_old_record_is_stale_whichever_tier_holds_it() {
+    let (_dir, store) = embedded();
+    let mut old = suite::entry(1, HOUR);
+    old.record.timestamp = unix_seconds(SystemTime::now()) - 7200.0;
+    store
+        .put_predictions(std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    let tiers = TieredPredictions::new(MemoryTier::new(MemoryTierConfig::default()), store.clone());
+    let ids = suite::ids(1..2);
+    let now = SystemTime::now();
+
+    let got = tiers.get(&ids, HOUR, now).await;
+    assert!(
+        matches!(
+            &got[0],
+            TierLookup::Stale {
+                tier: Tier::Store,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    // Now memory holds it too; still stale, and the store is asked for a
+    // fresher one.
+    let got = tiers.get(&ids, HOUR, now).await;
+    assert!(matches!(&got[0], TierLookup::Stale { .. }), "{got:?}");
+    assert_eq!(tiers.counters().memory_stale, 1);
+    // A looser bound makes the same record fresh, from memory.
+    let got = tiers.get(&ids, 3 * HOUR, now).await;
+    assert!(
+        matches!(
+            &got[0],
+            TierLookup::Fresh {
+                tier: Tier::Memory,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+
+    // A fresh record written by someone else reaches this reader once
+    // memory's copy is stale.
+    let fresh = suite::entry(1, HOUR);
+    store
+        .put_predictions(std::slice::from_ref(&fresh))
+        .await
+        .unwrap();
+    let got = tiers.get(&ids, HOUR, SystemTime::now()).await;
+    assert!(
+        matches!(&got[0], TierLookup::Fresh { tier: Tier::Store, record } if record.timestamp == fresh.record.timestamp),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn writes_go_to_memory_and_the_store() {
+    let (_dir, store) = embedded();
+    let tiers = TieredPredictions::new(MemoryTier::new(MemoryTierConfig::default()), store.clone());
+    tiers.put(&[suite::entry(4, HOUR)]).await.unwrap();
+    assert_eq!(tiers.memory().get("e4").unwrap().prediction, 0.004);
+    let in_store = store.get_predictions(&suite::ids(4..5)).await.unwrap();
+    assert_eq!(in_store[0].as_ref().unwrap().prediction, 0.004);
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_leaves_memory_answering() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = tandem_store::RedisStore::open(
+        &format!("redis://127.0.0.1:{port}"),
+        StoreOptions {
+            timeout: Duration::from_millis(300),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let memory = MemoryTier::new(MemoryTierConfig::default());
+    let mut old = suite::entry(1, HOUR);
+    old.record.timestamp -= 7200.0;
+    memory.insert("e1", old.record.clone(), HOUR);
+    let tiers = TieredPredictions::new(memory, Arc::new(down));
+    let got = tiers.get(&suite::ids(0..2), HOUR, SystemTime::now()).await;
+    assert!(
+        matches!(&got[0], TierLookup::Failed(StoreError::Unavailable { .. })),
+        "{got:?}"
+    );
+    assert!(
+        matches!(
+            &got[1],
+            TierLookup::Stale {
+                tier: Tier::Memory,
+                ..
+            }
+        ),
+        "{got:?}"
+    );
+    assert_eq!(tiers.counters().store_errors, 2);
+    // A write still reaches memory, and the store's failure is reported.
+    let err = tiers.put(&[suite::entry(9, HOUR)]).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(tiers.memory().get("e9").is_some());
+}
+
+#[test]
+fn memory_is_bounded_by_its_byte_budget() {
+    let budget = 2 << 20;
+    let memory = MemoryTier::new(MemoryTierConfig {
+        max_bytes: budget,
+        max_ttl: HOUR,
+    });
+    for i in 0..100_000 {
+        memory.insert(&format!("entity-{i}"), suite::record(i), HOUR);
+    }
+    let (entries, bytes) = memory.usage();
+    assert!(
+        bytes <= budget,
+        "{bytes} bytes cached over a budget of {budget}"
+    );
+    assert!(entries > 1000 && entries < 100_000, "{entries} entries");
+}
+
+#[test]
+fn memory_entries_expire_with_their_ttl() {
+    let memory = MemoryTier::new(MemoryTierConfig {
+        max_bytes: 1 << 20,
+        max_ttl: HOUR,
+    });
+    memory.insert("short", suite::record(1), Duration::from_millis(100));
+    memory.insert("long", suite::record(2), HOUR);
+    assert!(memory.get("short").is_some());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(memory.get("short").is_none());
+    assert!(memory.get("long").is_some());
+    // max_ttl caps a record's own TTL.
+    let capped = MemoryTier::new(MemoryTierConfig {
+        max_bytes: 1 << 20,
+        max_ttl: Duration::from_millis(100),
+    });
+    capped.insert("x", suite::record(3), HOUR);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(capped.get("x").is_none());
+}
