@@ -84,15 +84,6 @@ impl PredictionRecord {
     pub fn is_stale(&self, now: SystemTime, max_staleness: Duration) -> bool {
         self.age(now) > max_staleness
     }
-
-    /// Approximate heap plus inline size in bytes, for byte-bounded caches.
-    pub fn approx_size(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.values.as_ref().map_or(0, |v| v.len() * 8)
-            + self.model.len()
-            + self.run_id.as_ref().map_or(0, |s| s.len())
-            + self.digest.as_ref().map_or(0, |s| s.len())
-    }
 }
 
 /// How long stored predictions live, by source.

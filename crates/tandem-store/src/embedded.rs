@@ -30,6 +30,11 @@ const ACTIVITY: TableDefinition<(&str, u64, &str), u64> = TableDefinition::new("
 
 const BACKEND: &str = "embedded";
 
+/// Reads of up to this many keys run on the calling task (a few
+/// microseconds from redb's page cache) instead of a blocking thread, whose
+/// hand-off would cost more than the read.
+const INLINE_READ: usize = 16;
+
 /// The embedded store on a redb file. Cheap to clone; clones share the file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -235,6 +240,9 @@ impl PredictionStore for EmbeddedStore {
     ) -> Result<Vec<Lookup<PredictionRecord>>, StoreError> {
         let layout = &self.inner.options.layout;
         let keys: Vec<String> = entities.iter().map(|e| layout.prediction_key(e)).collect();
+        if keys.len() <= INLINE_READ {
+            return self.get_blocking(PREDICTIONS, keys, decode_prediction);
+        }
         let this = self.clone();
         blocking(move || this.get_blocking(PREDICTIONS, keys, decode_prediction)).await
     }
@@ -281,6 +289,9 @@ impl FeatureStore for EmbeddedStore {
     ) -> Result<Vec<Lookup<FeatureRow>>, StoreError> {
         let layout = &self.inner.options.layout;
         let keys: Vec<String> = entities.iter().map(|e| layout.feature_key(e)).collect();
+        if keys.len() <= INLINE_READ {
+            return self.get_blocking(FEATURES, keys, decode_features);
+        }
         let this = self.clone();
         blocking(move || this.get_blocking(FEATURES, keys, decode_features)).await
     }

@@ -1,25 +1,35 @@
-//! The in-process memory tier (moka) and the tiered prediction reader:
+//! The in-process memory tier and the tiered prediction reader:
 //! memory -> shared store -> miss.
+//!
+//! The memory tier is a `quick_cache` cache (sharded, CLOCK-PRO eviction)
+//! bounded by a byte budget, holding records in a compact form: model names
+//! and run ids are interned (one copy per distinct value), hex digests are
+//! kept as integers. moka was measured first: its bookkeeping costs about
+//! 250 bytes per entry, so 1M cached predictions took 450 MB; the compact
+//! form here takes well under 200 MB (docs/benchmarks.md).
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use moka::Expiry;
-use moka::sync::Cache;
-use tandem_core::PredictionRecord;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+use tandem_core::{PredictionRecord, PredictionSource};
 
 use crate::api::{PredictionEntry, PredictionStore};
 use crate::error::StoreError;
 
-/// Bytes charged per cached entry on top of its key and record: moka's
-/// own bookkeeping (hash table slot, deque nodes, timer wheel entry).
-const ENTRY_OVERHEAD: usize = 96;
+/// Bytes charged per cached entry on top of the key's bytes and a record's
+/// variable parts: the compact record, the key's box, and the cache's own
+/// slot and index (calibrated against process RSS in the store benchmark).
+const ENTRY_OVERHEAD: u64 = 176;
 
 /// Settings of the memory tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryTierConfig {
-    /// Byte budget for keys and records (default 256 MiB).
+    /// Byte budget for cached records, their keys and the cache's own
+    /// per-entry cost (default 256 MiB).
     pub max_bytes: u64,
     /// Longest time a record stays in memory (default 60 s), which bounds
     /// how long a replica can keep answering a record that another one has
@@ -36,91 +46,182 @@ impl Default for MemoryTierConfig {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
+enum Digest {
+    None,
+    Hex16(u64),
+    Other(Arc<str>),
+}
+
+/// A record as the memory tier keeps it.
+#[derive(Debug, Clone)]
 struct Cached {
-    record: PredictionRecord,
-    expires_at: Instant,
+    prediction: f64,
+    timestamp: f64,
+    version: u64,
+    /// Milliseconds since the tier's epoch.
+    expires_ms: u64,
+    model: Arc<str>,
+    run_id: Option<Arc<str>>,
+    digest: Digest,
+    values: Option<Box<[f64]>>,
+    source: PredictionSource,
 }
 
-struct ExpireAt;
-
-impl Expiry<Arc<str>, Arc<Cached>> for ExpireAt {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<Cached>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.expires_at.saturating_duration_since(created_at))
+impl Cached {
+    fn variable_bytes(&self) -> u64 {
+        let values = self.values.as_ref().map_or(0, |v| v.len() * 8);
+        let digest = match &self.digest {
+            Digest::Other(s) => s.len() + 16,
+            Digest::None | Digest::Hex16(_) => 0,
+        };
+        (values + digest) as u64
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<Cached>,
-        updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.expires_at.saturating_duration_since(updated_at))
+    fn record(&self) -> PredictionRecord {
+        PredictionRecord {
+            prediction: self.prediction,
+            timestamp: self.timestamp,
+            values: self.values.as_ref().map(|v| v.to_vec()),
+            model: self.model.clone(),
+            version: self.version,
+            source: self.source,
+            run_id: self.run_id.clone(),
+            digest: match &self.digest {
+                Digest::None => None,
+                Digest::Hex16(d) => Some(format!("{d:016x}").into()),
+                Digest::Other(s) => Some(s.clone()),
+            },
+        }
     }
 }
 
-/// A size-bounded, TTL-aware in-process cache of prediction records by
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<Box<str>, Cached> for ByBytes {
+    fn weight(&self, key: &Box<str>, value: &Cached) -> u64 {
+        key.len() as u64 + value.variable_bytes() + ENTRY_OVERHEAD
+    }
+}
+
+/// Shares one copy of each model name and run id among cached records.
+#[derive(Default)]
+struct Interner {
+    strings: RwLock<HashSet<Arc<str>>>,
+}
+
+impl Interner {
+    /// Distinct strings kept before the table starts over (records keep
+    /// their copies; only sharing with later records is lost).
+    const MAX: usize = 4096;
+
+    fn intern(&self, s: &Arc<str>) -> Arc<str> {
+        if let Some(found) = self.strings.read().ok().and_then(|t| t.get(&**s).cloned()) {
+            return found;
+        }
+        let Ok(mut table) = self.strings.write() else {
+            return s.clone();
+        };
+        if table.len() >= Self::MAX {
+            table.clear();
+        }
+        table.insert(s.clone());
+        s.clone()
+    }
+}
+
+fn hex16(s: &str) -> Option<u64> {
+    let lower = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (s.len() == 16 && lower)
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+/// A byte-bounded, TTL-aware in-process cache of prediction records by
 /// entity. Cheap to clone; clones share the cache.
 #[derive(Clone)]
 pub struct MemoryTier {
-    cache: Cache<Arc<str>, Arc<Cached>>,
+    inner: Arc<MemoryInner>,
+}
+
+struct MemoryInner {
+    cache: Cache<Box<str>, Cached, ByBytes>,
     config: MemoryTierConfig,
+    epoch: Instant,
+    interner: Interner,
 }
 
 impl MemoryTier {
     /// An empty tier.
     pub fn new(config: MemoryTierConfig) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(|key: &Arc<str>, value: &Arc<Cached>| {
-                u32::try_from(key.len() + value.record.approx_size() + ENTRY_OVERHEAD)
-                    .unwrap_or(u32::MAX)
-            })
-            .expire_after(ExpireAt)
-            .build();
-        MemoryTier { cache, config }
+        let estimated =
+            usize::try_from(config.max_bytes / (ENTRY_OVERHEAD + 16)).unwrap_or(1 << 20);
+        MemoryTier {
+            inner: Arc::new(MemoryInner {
+                cache: Cache::with_weighter(estimated.max(16), config.max_bytes.max(1), ByBytes),
+                config,
+                epoch: Instant::now(),
+                interner: Interner::default(),
+            }),
+        }
     }
 
-    /// The record cached for `entity`, if any and not expired.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The record cached for `entity`, if any and not expired (an expired
+    /// one is dropped on the way).
     pub fn get(&self, entity: &str) -> Option<PredictionRecord> {
-        self.cache
-            .get(entity)
-            .and_then(|c| (c.expires_at > Instant::now()).then(|| c.record.clone()))
+        let cached = self.inner.cache.get(entity)?;
+        if cached.expires_ms <= self.now_ms() {
+            self.inner.cache.remove(entity);
+            return None;
+        }
+        Some(cached.record())
     }
 
     /// Caches a record for `ttl` (capped by the tier's `max_ttl`).
     pub fn insert(&self, entity: &str, record: PredictionRecord, ttl: Duration) {
-        let ttl = ttl.min(self.config.max_ttl);
+        let ttl = ttl.min(self.inner.config.max_ttl);
         if ttl.is_zero() {
             return;
         }
-        let cached = Arc::new(Cached {
-            record,
-            expires_at: Instant::now() + ttl,
-        });
-        self.cache.insert(Arc::from(entity), cached);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let interner = &self.inner.interner;
+        let cached = Cached {
+            prediction: record.prediction,
+            timestamp: record.timestamp,
+            version: record.version,
+            expires_ms: self.now_ms().saturating_add(ttl_ms),
+            model: interner.intern(&record.model),
+            run_id: record.run_id.as_ref().map(|r| interner.intern(r)),
+            digest: match record.digest {
+                None => Digest::None,
+                Some(d) => hex16(&d).map_or(Digest::Other(d), Digest::Hex16),
+            },
+            values: record.values.map(Vec::into_boxed_slice),
+            source: record.source,
+        };
+        self.inner.cache.insert(Box::from(entity), cached);
     }
 
     /// Drops an entity's record.
     pub fn invalidate(&self, entity: &str) {
-        self.cache.invalidate(entity);
+        self.inner.cache.remove(entity);
     }
 
-    /// Entries and their charged bytes, after pending maintenance.
+    /// Entries and their charged bytes.
     pub fn usage(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.cache.weighted_size())
+        (self.inner.cache.len() as u64, self.inner.cache.weight())
     }
 
     /// The settings.
     pub fn config(&self) -> MemoryTierConfig {
-        self.config
+        self.inner.config
     }
 }
 
@@ -281,8 +382,11 @@ impl TieredPredictions {
                             tier: Tier::Memory,
                         },
                         _ => {
-                            self.memory
-                                .insert(&entity, record.clone(), self.memory.config.max_ttl);
+                            self.memory.insert(
+                                &entity,
+                                record.clone(),
+                                self.memory.config().max_ttl,
+                            );
                             if fresh {
                                 TierLookup::Fresh {
                                     record,
