@@ -10,7 +10,8 @@
 //! `namespace`, `prediction_prefix`, `feature_prefix`, `activity_stem`,
 //! `timeout_ms`, `activity_bucket_secs`, `activity_retention_secs`,
 //! `purge_interval_secs` (embedded store),
-//! `insecure` (TLS without certificate checks, for tests only).
+//! `ca_file` (PEM of a private CA for TLS), `insecure` (TLS without
+//! certificate checks, for tests only).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub struct StoreOptions {
     /// Embedded store: how often writes start a purge of expired values
     /// (default 5 min).
     pub purge_interval: Duration,
+    /// TLS: a PEM file of the CA that signed the server's certificate, when
+    /// it is not in the system's trust store.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -43,6 +47,7 @@ impl Default for StoreOptions {
             activity_bucket: Duration::from_secs(300),
             activity_retention: Duration::from_secs(7 * 24 * 3600),
             purge_interval: Duration::from_secs(300),
+            ca_file: None,
         }
     }
 }
@@ -121,9 +126,10 @@ impl StoreUrl {
                     "activity_retention_secs" => options.activity_retention = secs(&v)?,
                     "purge_interval_secs" => options.purge_interval = secs(&v)?,
                     "insecure" => insecure = matches!(v.as_str(), "" | "1" | "true"),
+                    "ca_file" if !v.is_empty() => options.ca_file = Some(v.into()),
                     other => {
                         return Err(invalid(format!(
-                            "unknown option {other:?} (known: namespace, prediction_prefix, feature_prefix, activity_stem, timeout_ms, activity_bucket_secs, activity_retention_secs, purge_interval_secs, insecure)"
+                            "unknown option {other:?} (known: namespace, prediction_prefix, feature_prefix, activity_stem, timeout_ms, activity_bucket_secs, activity_retention_secs, purge_interval_secs, ca_file, insecure)"
                         )));
                     }
                 }

@@ -72,7 +72,10 @@ impl RedisStore {
             url: redact(url),
             detail: e.to_string(),
         };
-        let client = redis::Client::open(url).map_err(invalid)?;
+        let client = match tls_certificates(&options, url)? {
+            Some(certs) => redis::Client::build_with_tls(url, certs).map_err(invalid)?,
+            None => redis::Client::open(url).map_err(invalid)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout))
@@ -92,7 +95,11 @@ impl RedisStore {
 
     /// Connects lazily to a Redis Cluster through its seed nodes.
     pub fn open_cluster(nodes: &[String], options: StoreOptions) -> Result<Self, StoreError> {
-        let client = ClusterClientBuilder::new(nodes.to_vec())
+        let mut builder = ClusterClientBuilder::new(nodes.to_vec());
+        if let Some(certs) = tls_certificates(&options, nodes.first().map_or("", String::as_str))? {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .connection_timeout(options.timeout)
             .response_timeout(options.timeout)
             .retries(2)
@@ -303,6 +310,24 @@ impl RedisStore {
             .try_collect::<()>()
             .await
     }
+}
+
+/// The private CA named by `ca_file`, if any.
+fn tls_certificates(
+    options: &StoreOptions,
+    url: &str,
+) -> Result<Option<redis::TlsCertificates>, StoreError> {
+    let Some(path) = &options.ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| StoreError::InvalidUrl {
+        url: redact(url),
+        detail: format!("ca_file {}: {e}", path.display()),
+    })?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
 }
 
 /// A command or a pipeline, sent the same way on either connection.

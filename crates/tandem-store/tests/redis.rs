@@ -206,3 +206,40 @@ async fn nothing_listening_is_unavailable() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let server = RedisServer::start_tls();
+    let url = server.tls_url().unwrap();
+    let store =
+        tandem_store::open(&format!("{url}?ca_file={}", server.ca_file().display())).unwrap();
+    store
+        .put_predictions(&[suite::entry(1, Duration::from_secs(60))])
+        .await
+        .unwrap();
+    let got = store.get_predictions(&suite::ids(1..2)).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().prediction, 0.001);
+    // The plain port sees the same data: it really went to this server.
+    assert!(server.command(&["EXISTS", "pred:e1"]).starts_with(":1"));
+
+    // Without the CA the certificate is not trusted, and nothing is written.
+    let untrusted = tandem_store::open(&format!("{url}?timeout_ms=2000")).unwrap();
+    let err = untrusted
+        .put_predictions(&[suite::entry(2, Duration::from_secs(60))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable { detail, .. } if detail.contains("certificate")),
+        "{err}"
+    );
+    assert!(server.command(&["EXISTS", "pred:e2"]).starts_with(":0"));
+
+    // A CA file that does not exist is a clear configuration error.
+    let err = tandem_store::open(&format!("{url}?ca_file=/nonexistent/ca.pem"))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, StoreError::InvalidUrl { .. }) && err.to_string().contains("ca_file"),
+        "{err}"
+    );
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
 }
@@ -39,11 +40,56 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port_pair(),
+            tls_port: None,
             dir,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         server.spawn();
         server
+    }
+
+    /// Starts a server that also listens for TLS, with a certificate for
+    /// `127.0.0.1` signed by a CA made for it (`openssl` CLI); see
+    /// [`tls_url`](Self::tls_url) and [`ca_file`](Self::ca_file).
+    pub fn start_tls() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-redis-tls-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir for redis-server: {e}"));
+        make_certificates(dir.path());
+        let tls_port = free_port_pair();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let extra = vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            file("server.pem"),
+            "--tls-key-file".to_owned(),
+            file("server.key"),
+            "--tls-ca-cert-file".to_owned(),
+            file("ca.pem"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = RedisServer {
+            child: None,
+            port: free_port_pair(),
+            tls_port: Some(tls_port),
+            dir,
+            extra,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` (servers from [`start_tls`](Self::start_tls)).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     fn spawn(&mut self) {
@@ -217,6 +263,72 @@ impl RedisCluster {
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl ({e}); install it: apt-get install openssl")
+            });
+        if !out.status.success() {
+            panic!(
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tandem test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n")
+        .unwrap_or_else(|e| panic!("writing ext.cnf: {e}"));
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
 }
 
 fn redis_server_binary() -> PathBuf {
