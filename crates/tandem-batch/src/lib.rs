@@ -1,7 +1,18 @@
 //! Batch jobs: score every entity of a Parquet/CSV data set into the
-//! prediction store (`tandem batch`), load features into the feature store
-//! (`materialize`), and keep predictions fresh cheaply (`warm`, `refresh`).
-//! DataFusion locally, Ballista when distributed; never HTTP.
-//!
-//! Laid out by the workspace issue and filled by the batch issue; it has no
-//! public items yet.
+//! prediction store (`tandem batch`), and load features into the feature
+//! store (`tandem materialize`). Built on Apache DataFusion: the input is a
+//! table, scoring is the scalar function `predict(...)` over its columns
+//! (so the same plan can run on Ballista), and the results stream into the
+//! store while scoring goes on. Never HTTP.
+
+pub mod digest;
+pub mod error;
+pub mod job;
+pub mod materialize;
+pub mod plan;
+pub mod rows;
+pub mod udf;
+
+pub use error::BatchError;
+pub use job::{BatchOptions, BatchSummary, NoProgress, Progress, new_run_id, run_batch};
+pub use materialize::{MaterializeOptions, MaterializeSummary, run_materialize};

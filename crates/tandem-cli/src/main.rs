@@ -1,5 +1,6 @@
 //! The `tandem` binary: a thin command line over the tandem crates.
 
+mod batch;
 mod input;
 mod models;
 
@@ -20,12 +21,19 @@ enum Command {
     /// Inspect models and run quick predictions.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Score every entity of a Parquet/CSV data set into the prediction
+    /// store and/or a Parquet file.
+    Batch(batch::BatchArgs),
+    /// Load entity features from Parquet/CSV into the feature store.
+    Materialize(batch::MaterializeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models(cmd) => models::run(cmd),
+        Command::Batch(args) => batch::batch(args),
+        Command::Materialize(args) => batch::materialize(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,582 @@
+//! `tandem batch`: score every entity of a data set into the prediction
+//! store and/or a Parquet file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::parquet::arrow::ArrowWriter;
+use futures::StreamExt;
+use serde::Serialize;
+use tandem_core::{PredictionRecord, PredictionSource, unix_millis, unix_seconds};
+use tandem_model::Model;
+use tandem_store::{PredictionEntry, Store};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::digest::feature_digest;
+use crate::error::BatchError;
+use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
+use crate::rows::{Reason, RowRules};
+
+/// What to score, where to write it, and how strictly.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// The ONNX model (its sidecar `.toml`, if any, is read too).
+    pub model: PathBuf,
+    /// Input: a Parquet/CSV file, a directory of them, or a glob.
+    pub input: String,
+    /// Entity id column (default `entity_id`).
+    pub id_column: String,
+    /// Feature columns in model order (default: the model's feature names,
+    /// else every numeric column but the id).
+    pub features: Option<Vec<String>>,
+    /// Prediction store URL.
+    pub store: Option<String>,
+    /// TTL of the written records (default 24 h).
+    pub ttl: Duration,
+    /// Parquet output file (entity_id, prediction, model, version,
+    /// computed_at).
+    pub output: Option<PathBuf>,
+    /// SQL filter applied before scoring.
+    pub filter: Option<String>,
+    /// SQL query over table `input` whose result is scored.
+    pub sql: Option<String>,
+    /// Fail on the first bad row instead of filling or skipping it.
+    pub strict: bool,
+    /// The run id (default: generated), or the run to resume.
+    pub run_id: Option<String>,
+    /// Resume `run_id`: entities whose stored record carries this run id
+    /// are not written again.
+    pub resume: bool,
+    /// Score only shard `I` of `N` (by entity id hash).
+    pub shard: Option<(u32, u32)>,
+    /// Value given to missing and NaN features (default 0).
+    pub fill: f32,
+    /// Records per store write (default 10 000).
+    pub write_batch: usize,
+}
+
+impl BatchOptions {
+    /// Options with the defaults for everything but model and input.
+    pub fn new(model: impl Into<PathBuf>, input: impl Into<String>) -> Self {
+        BatchOptions {
+            model: model.into(),
+            input: input.into(),
+            id_column: "entity_id".into(),
+            features: None,
+            store: None,
+            ttl: Duration::from_secs(24 * 3600),
+            output: None,
+            filter: None,
+            sql: None,
+            strict: false,
+            run_id: None,
+            resume: false,
+            shard: None,
+            fill: 0.0,
+            write_batch: 10_000,
+        }
+    }
+}
+
+/// Receives progress as rows stream through.
+pub trait Progress: Send + Sync {
+    /// The run starts; `total` rows if known.
+    fn start(&self, total: Option<u64>);
+    /// `rows` more rows were processed.
+    fn advance(&self, rows: u64);
+    /// The run ended.
+    fn finish(&self);
+}
+
+/// A progress sink that shows nothing.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _total: Option<u64>) {}
+    fn advance(&self, _rows: u64) {}
+    fn finish(&self) {}
+}
+
+/// What a batch run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchSummary {
+    /// The run id, carried by every record written.
+    pub run_id: String,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: u64,
+    /// Input as given.
+    pub input: String,
+    /// Store written (no secrets), if any.
+    pub store: Option<String>,
+    /// Parquet output written, if any.
+    pub output: Option<String>,
+    /// Rows read from the input (after `--where`/`--sql`/`--shard`).
+    pub rows_read: u64,
+    /// Rows scored and kept.
+    pub rows_scored: u64,
+    /// Records written to the store.
+    pub rows_written: u64,
+    /// Records skipped because a resumed run had already written them.
+    pub already_written: u64,
+    /// Rows skipped, all reasons.
+    pub rows_skipped: u64,
+    /// Rows skipped by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Rows with filled features, by reason.
+    pub filled: BTreeMap<String, u64>,
+    /// Wall time in seconds.
+    pub wall_seconds: f64,
+    /// Rows read per second of wall time.
+    pub rows_per_second: f64,
+}
+
+impl BatchSummary {
+    /// 0: every row scored as is; 1: finished, but rows were skipped or
+    /// features filled.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.rows_skipped > 0 || !self.filled.is_empty())
+    }
+}
+
+/// A generated run id: `run-<unix seconds>-<pid>`.
+pub fn new_run_id() -> String {
+    format!(
+        "run-{}-{}",
+        unix_millis(SystemTime::now()) / 1000,
+        std::process::id()
+    )
+}
+
+/// Runs a batch job. Everything that can be checked before writing (model,
+/// input, columns, width, store reachable, output directory) is checked
+/// first; then the input streams through the model into the writers.
+pub async fn run_batch(
+    opts: &BatchOptions,
+    progress: &dyn Progress,
+) -> Result<BatchSummary, BatchError> {
+    let started = Instant::now();
+    let computed_at = SystemTime::now();
+    crate::plan::check_shard(opts.shard)?;
+    if opts.ttl.is_zero() {
+        return Err(BatchError::Invalid("--ttl must be positive".into()));
+    }
+    if opts.resume && opts.run_id.is_none() {
+        return Err(BatchError::Invalid(
+            "--resume needs the run id to resume".into(),
+        ));
+    }
+    if opts.store.is_none() && opts.output.is_none() {
+        return Err(BatchError::Invalid(
+            "nothing to write: give --store and/or --output".into(),
+        ));
+    }
+    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
+    let model = Arc::new(Model::load(&opts.model)?);
+    let input = InputSpec::resolve(&opts.input)?;
+    let store = open_store(opts.store.as_deref()).await?;
+    let ctx = session(&input, Some((&model, opts.fill))).await?;
+    let base = base_query(opts.sql.as_deref(), opts.filter.as_deref());
+    let schema = ctx.sql(&base).await?.schema().as_arrow().clone();
+    let features = resolve_features(&schema, &opts.id_column, opts.features.as_deref(), &model)?;
+    let query = scoring_query(&base, &opts.id_column, &features, opts.shard, true);
+    let df = ctx.sql(&query).await?;
+    let mut output = match &opts.output {
+        Some(path) => Some(OutputFile::create(path, &run_id)?),
+        None => None,
+    };
+
+    let total = if opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none() {
+        count_rows(&ctx).await
+    } else {
+        None
+    };
+    progress.start(total);
+    let mut stream = df.execute_stream().await?;
+    let (writer, sender) = match &store {
+        Some(store) => {
+            let (tx, handle) = spawn_writer(store.clone());
+            (Some(handle), Some(tx))
+        }
+        None => (None, None),
+    };
+
+    let mut rules = RowRules::new(opts.strict);
+    let model_name: Arc<str> = Arc::from(model.name());
+    let run: Arc<str> = Arc::from(run_id.as_str());
+    let timestamp = unix_seconds(computed_at);
+    let width = features.len();
+    let mut pending: Vec<PredictionEntry> = Vec::with_capacity(opts.write_batch);
+    let mut scored = 0u64;
+    let mut already = 0u64;
+    let mut outcome: Result<(), BatchError> = Ok(());
+    while let Some(batch) = stream.next().await {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                outcome = Err(e.into());
+                break;
+            }
+        };
+        let rows = batch.num_rows();
+        let kept = match score_batch(&batch, width, &mut rules) {
+            Ok(k) => k,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        let kept = if opts.resume {
+            match drop_already_written(store.as_deref(), kept, &run).await {
+                Ok((k, n)) => {
+                    already += n;
+                    k
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        } else {
+            kept
+        };
+        scored += kept.len() as u64;
+        if let Some(Err(e)) = output
+            .as_mut()
+            .map(|out| out.write(&kept, &model_name, model.version(), computed_at))
+        {
+            outcome = Err(e);
+            break;
+        }
+        if let Some(tx) = &sender {
+            for row in kept {
+                pending.push(PredictionEntry {
+                    entity: row.id,
+                    record: PredictionRecord {
+                        prediction: row.prediction,
+                        timestamp,
+                        values: None,
+                        model: model_name.clone(),
+                        version: model.version(),
+                        source: PredictionSource::Batch,
+                        run_id: Some(run.clone()),
+                        digest: Some(row.digest.into()),
+                    },
+                    ttl: opts.ttl,
+                });
+                if pending.len() >= opts.write_batch {
+                    let chunk =
+                        std::mem::replace(&mut pending, Vec::with_capacity(opts.write_batch));
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        progress.advance(rows as u64);
+    }
+    if let Some(tx) = sender {
+        if outcome.is_ok() && !pending.is_empty() {
+            let _ = tx.send(std::mem::take(&mut pending)).await;
+        }
+        drop(tx);
+    }
+    let written = match writer {
+        Some(handle) => match handle.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                if outcome.is_ok() {
+                    outcome = Err(e.into());
+                }
+                0
+            }
+            Err(e) => {
+                if outcome.is_ok() {
+                    outcome = Err(BatchError::Invalid(format!("store writer failed: {e}")));
+                }
+                0
+            }
+        },
+        None => 0,
+    };
+    progress.finish();
+    let output_path = match (output, &outcome) {
+        (Some(out), Ok(())) => Some(out.finish()?),
+        (Some(out), Err(_)) => {
+            out.abandon();
+            None
+        }
+        (None, _) => None,
+    };
+    outcome?;
+    let wall = started.elapsed().as_secs_f64();
+    let skipped = rules.skipped();
+    Ok(BatchSummary {
+        run_id,
+        model: model.name().to_owned(),
+        version: model.version(),
+        input: opts.input.clone(),
+        store: store.as_ref().map(|s| s.describe()),
+        output: output_path.map(|p| p.display().to_string()),
+        rows_read: rules.rows(),
+        rows_scored: scored,
+        rows_written: written,
+        already_written: already,
+        rows_skipped: skipped.values().sum(),
+        skipped,
+        filled: rules.filled_counts(),
+        wall_seconds: wall,
+        rows_per_second: rules.rows() as f64 / wall.max(1e-9),
+    })
+}
+
+/// Opens the store and checks it answers, so that a down store fails the
+/// run before anything is written.
+pub(crate) async fn open_store(url: Option<&str>) -> Result<Option<Arc<dyn Store>>, BatchError> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let store = tandem_store::open(url)?;
+    store.ping().await?;
+    Ok(Some(store))
+}
+
+/// Rows in the input, from Parquet metadata or a count query.
+pub(crate) async fn count_rows(ctx: &datafusion::prelude::SessionContext) -> Option<u64> {
+    let df = ctx.sql("SELECT COUNT(*) FROM input").await.ok()?;
+    let batches = df.collect().await.ok()?;
+    let col = batches.first()?.column(0).clone();
+    let col = cast(&col, &DataType::UInt64).ok()?;
+    col.as_any().downcast_ref::<UInt64Array>()?.iter().next()?
+}
+
+/// One scored row to write.
+pub(crate) struct ScoredRow {
+    pub id: String,
+    pub prediction: f64,
+    pub digest: String,
+}
+
+/// Applies the row rules to one scored batch (`entity_id`, `f0..`,
+/// `prediction`).
+fn score_batch(
+    batch: &RecordBatch,
+    width: usize,
+    rules: &mut RowRules,
+) -> Result<Vec<ScoredRow>, BatchError> {
+    let ids = strings(batch.column(0))?;
+    let feats: Vec<Float64Array> = (0..width)
+        .map(|f| doubles(batch.column(1 + f)))
+        .collect::<Result<_, _>>()?;
+    let preds = doubles(batch.column(1 + width))?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    let mut row_values = vec![0f32; width];
+    for r in 0..batch.num_rows() {
+        let id = ids.is_valid(r).then(|| ids.value(r));
+        let Some(id) = rules.check_id(id)? else {
+            continue;
+        };
+        let (mut missing, mut nan) = (false, false);
+        for (f, col) in feats.iter().enumerate() {
+            // The same values, in f32, that `predict` fed the model.
+            row_values[f] = if col.is_null(r) {
+                missing = true;
+                0.0
+            } else {
+                let v = col.value(r) as f32;
+                if v.is_nan() {
+                    nan = true;
+                }
+                v
+            };
+        }
+        if missing {
+            rules.filled(id, Reason::MissingFeature)?;
+        }
+        if nan {
+            rules.filled(id, Reason::NanFeature)?;
+        }
+        let prediction = preds.value(r);
+        if preds.is_null(r) || !prediction.is_finite() {
+            rules.skip_current(id, Reason::NonFinitePrediction)?;
+            continue;
+        }
+        out.push(ScoredRow {
+            id: id.to_owned(),
+            prediction,
+            digest: feature_digest(&row_values),
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn strings(col: &ArrayRef) -> Result<StringArray, BatchError> {
+    let c = cast(col, &DataType::Utf8)?;
+    c.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| BatchError::Schema("entity ids did not cast to strings".into()))
+}
+
+pub(crate) fn doubles(col: &ArrayRef) -> Result<Float64Array, BatchError> {
+    let c = cast(col, &DataType::Float64)?;
+    c.as_any()
+        .downcast_ref::<Float64Array>()
+        .cloned()
+        .ok_or_else(|| BatchError::Schema("a feature did not cast to DOUBLE".into()))
+}
+
+/// Drops rows whose stored record already carries `run` (a resumed run).
+async fn drop_already_written(
+    store: Option<&dyn Store>,
+    rows: Vec<ScoredRow>,
+    run: &str,
+) -> Result<(Vec<ScoredRow>, u64), BatchError> {
+    let Some(store) = store else {
+        return Ok((rows, 0));
+    };
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let found = store.get_predictions(&ids).await?;
+    let before = rows.len();
+    let kept: Vec<ScoredRow> = rows
+        .into_iter()
+        .zip(found)
+        .filter(|(_, f)| !matches!(f, Ok(rec) if rec.run_id.as_deref() == Some(run)))
+        .map(|(r, _)| r)
+        .collect();
+    let skipped = (before - kept.len()) as u64;
+    Ok((kept, skipped))
+}
+
+/// A task that writes chunks of records, in order, while scoring goes on.
+fn spawn_writer(
+    store: Arc<dyn Store>,
+) -> (
+    mpsc::Sender<Vec<PredictionEntry>>,
+    JoinHandle<Result<u64, tandem_store::StoreError>>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Vec<PredictionEntry>>(4);
+    let handle = tokio::spawn(async move {
+        let mut written = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            store.put_predictions(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    });
+    (tx, handle)
+}
+
+/// The Parquet output, written to a temporary file beside the target and
+/// renamed into place only when the run succeeds.
+struct OutputFile {
+    target: PathBuf,
+    temp: PathBuf,
+    writer: ArrowWriter<std::fs::File>,
+    schema: Arc<Schema>,
+}
+
+impl OutputFile {
+    fn create(target: &Path, run_id: &str) -> Result<OutputFile, BatchError> {
+        let err = |detail: String| BatchError::Output {
+            path: target.display().to_string(),
+            detail,
+        };
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(err(format!("directory {} does not exist", dir.display())));
+        }
+        let name = target
+            .file_name()
+            .ok_or_else(|| err("not a file path".into()))?
+            .to_string_lossy();
+        let temp = dir.join(format!(".{name}.{run_id}.tmp"));
+        let file = std::fs::File::create(&temp).map_err(|e| err(e.to_string()))?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("entity_id", DataType::Utf8, false),
+            Field::new("prediction", DataType::Float64, false),
+            Field::new("model", DataType::Utf8, false),
+            Field::new("version", DataType::UInt64, false),
+            Field::new(
+                "computed_at",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+        ]));
+        let writer =
+            ArrowWriter::try_new(file, schema.clone(), None).map_err(|e| err(e.to_string()))?;
+        Ok(OutputFile {
+            target: target.to_path_buf(),
+            temp,
+            writer,
+            schema,
+        })
+    }
+
+    fn write(
+        &mut self,
+        rows: &[ScoredRow],
+        model: &str,
+        version: u64,
+        computed_at: SystemTime,
+    ) -> Result<(), BatchError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let n = rows.len();
+        let at = i64::try_from(unix_millis(computed_at)).unwrap_or(i64::MAX);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.id.as_str()),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.prediction),
+            )),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(model, n))),
+            Arc::new(UInt64Array::from_iter_values(std::iter::repeat_n(
+                version, n,
+            ))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(std::iter::repeat_n(at, n))
+                    .with_timezone("UTC"),
+            ),
+        ];
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| BatchError::Output {
+                path: self.target.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        self.writer.write(&batch).map_err(|e| BatchError::Output {
+            path: self.target.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn finish(self) -> Result<PathBuf, BatchError> {
+        let err = |detail: String| BatchError::Output {
+            path: self.target.display().to_string(),
+            detail,
+        };
+        self.writer.close().map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&self.temp, &self.target).map_err(|e| err(e.to_string()))?;
+        Ok(self.target)
+    }
+
+    fn abandon(self) {
+        drop(self.writer);
+        let _ = std::fs::remove_file(&self.temp);
+    }
+}

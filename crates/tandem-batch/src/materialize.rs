@@ -1,0 +1,263 @@
+//! `tandem materialize`: load entity features from Parquet/CSV into the
+//! feature store, with the same row rules as `tandem batch`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::Array;
+use datafusion::arrow::datatypes::{DataType, Schema};
+use futures::StreamExt;
+use serde::Serialize;
+use tandem_core::FeatureRow;
+use tandem_model::Model;
+use tandem_store::Store;
+
+use crate::error::BatchError;
+use crate::job::{Progress, count_rows, doubles, open_store, strings};
+use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
+use crate::rows::{Reason, RowRules};
+
+/// What to load and where.
+#[derive(Debug, Clone)]
+pub struct MaterializeOptions {
+    /// Input: a Parquet/CSV file, a directory of them, or a glob.
+    pub input: String,
+    /// Feature store URL.
+    pub store: String,
+    /// Entity id column (default `entity_id`).
+    pub id_column: String,
+    /// Feature columns (default: the model's feature names if `model` is
+    /// given, else every numeric column but the id).
+    pub features: Option<Vec<String>>,
+    /// A model whose feature names and width the features must match.
+    pub model: Option<PathBuf>,
+    /// TTL of the rows (default: none).
+    pub ttl: Option<Duration>,
+    /// SQL filter applied first.
+    pub filter: Option<String>,
+    /// SQL query over table `input` whose result is loaded.
+    pub sql: Option<String>,
+    /// Fail on the first bad row.
+    pub strict: bool,
+    /// Only shard `I` of `N`.
+    pub shard: Option<(u32, u32)>,
+    /// Value written for missing and NaN features (default 0).
+    pub fill: f64,
+    /// Rows per store write.
+    pub write_batch: usize,
+}
+
+impl MaterializeOptions {
+    /// Defaults for everything but input and store.
+    pub fn new(input: impl Into<String>, store: impl Into<String>) -> Self {
+        MaterializeOptions {
+            input: input.into(),
+            store: store.into(),
+            id_column: "entity_id".into(),
+            features: None,
+            model: None,
+            ttl: None,
+            filter: None,
+            sql: None,
+            strict: false,
+            shard: None,
+            fill: 0.0,
+            write_batch: 10_000,
+        }
+    }
+}
+
+/// What a materialize run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaterializeSummary {
+    /// Input as given.
+    pub input: String,
+    /// Store written.
+    pub store: String,
+    /// Feature columns loaded.
+    pub features: Vec<String>,
+    /// Rows read.
+    pub rows_read: u64,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Rows skipped, all reasons.
+    pub rows_skipped: u64,
+    /// Rows skipped by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Rows with filled features, by reason.
+    pub filled: BTreeMap<String, u64>,
+    /// Wall time in seconds.
+    pub wall_seconds: f64,
+    /// Rows per second.
+    pub rows_per_second: f64,
+}
+
+impl MaterializeSummary {
+    /// 0 clean, 1 rows skipped or filled.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.rows_skipped > 0 || !self.filled.is_empty())
+    }
+}
+
+/// Loads features into the store.
+pub async fn run_materialize(
+    opts: &MaterializeOptions,
+    progress: &dyn Progress,
+) -> Result<MaterializeSummary, BatchError> {
+    let started = Instant::now();
+    crate::plan::check_shard(opts.shard)?;
+    let model = match &opts.model {
+        Some(p) => Some(Model::load(p)?),
+        None => None,
+    };
+    let input = InputSpec::resolve(&opts.input)?;
+    let store: Arc<dyn Store> = open_store(Some(&opts.store))
+        .await?
+        .ok_or_else(|| BatchError::Invalid("no store".into()))?;
+    let ctx = session(&input, None).await?;
+    let base = base_query(opts.sql.as_deref(), opts.filter.as_deref());
+    let schema: Schema = ctx.sql(&base).await?.schema().as_arrow().clone();
+    let features = match &model {
+        Some(m) => resolve_features(&schema, &opts.id_column, opts.features.as_deref(), m)?,
+        None => numeric_features(&schema, &opts.id_column, opts.features.as_deref())?,
+    };
+    let query = scoring_query(&base, &opts.id_column, &features, opts.shard, false);
+    let total = if opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none() {
+        count_rows(&ctx).await
+    } else {
+        None
+    };
+    progress.start(total);
+    let mut stream = ctx.sql(&query).await?.execute_stream().await?;
+    let mut rules = RowRules::new(opts.strict);
+    let mut pending: Vec<(String, FeatureRow)> = Vec::with_capacity(opts.write_batch);
+    let mut written = 0u64;
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<u64, tandem_store::StoreError>>> =
+        None;
+    let result: Result<(), BatchError> = async {
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let ids = strings(batch.column(0))?;
+            let cols: Vec<_> = (0..features.len())
+                .map(|f| doubles(batch.column(1 + f)))
+                .collect::<Result<_, _>>()?;
+            for r in 0..batch.num_rows() {
+                let id = ids.is_valid(r).then(|| ids.value(r));
+                let Some(id) = rules.check_id(id)? else {
+                    continue;
+                };
+                let mut row = FeatureRow::new();
+                let (mut missing, mut nan) = (false, false);
+                for (name, col) in features.iter().zip(&cols) {
+                    let v = if col.is_null(r) {
+                        missing = true;
+                        opts.fill
+                    } else if col.value(r).is_nan() {
+                        nan = true;
+                        opts.fill
+                    } else {
+                        col.value(r)
+                    };
+                    row.insert(name.clone(), v);
+                }
+                if missing {
+                    rules.filled(id, Reason::MissingFeature)?;
+                }
+                if nan {
+                    rules.filled(id, Reason::NanFeature)?;
+                }
+                pending.push((id.to_owned(), row));
+                if pending.len() >= opts.write_batch {
+                    // One write in flight while the next chunk is built.
+                    if let Some(h) = in_flight.take() {
+                        written += join(h).await?;
+                    }
+                    let chunk =
+                        std::mem::replace(&mut pending, Vec::with_capacity(opts.write_batch));
+                    let store = store.clone();
+                    let ttl = opts.ttl;
+                    in_flight = Some(tokio::spawn(async move {
+                        store
+                            .put_features(&chunk, ttl)
+                            .await
+                            .map(|()| chunk.len() as u64)
+                    }));
+                }
+            }
+            progress.advance(batch.num_rows() as u64);
+        }
+        if let Some(h) = in_flight.take() {
+            written += join(h).await?;
+        }
+        if !pending.is_empty() {
+            store.put_features(&pending, opts.ttl).await?;
+            written += pending.len() as u64;
+        }
+        Ok(())
+    }
+    .await;
+    progress.finish();
+    result?;
+    let wall = started.elapsed().as_secs_f64();
+    let skipped = rules.skipped();
+    Ok(MaterializeSummary {
+        input: opts.input.clone(),
+        store: store.describe(),
+        features,
+        rows_read: rules.rows(),
+        rows_written: written,
+        rows_skipped: skipped.values().sum(),
+        skipped,
+        filled: rules.filled_counts(),
+        wall_seconds: wall,
+        rows_per_second: rules.rows() as f64 / wall.max(1e-9),
+    })
+}
+
+async fn join(
+    h: tokio::task::JoinHandle<Result<u64, tandem_store::StoreError>>,
+) -> Result<u64, BatchError> {
+    match h.await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(BatchError::Invalid(format!("store writer failed: {e}"))),
+    }
+}
+
+fn numeric_features(
+    schema: &Schema,
+    id_column: &str,
+    explicit: Option<&[String]>,
+) -> Result<Vec<String>, BatchError> {
+    if schema.field_with_name(id_column).is_err() {
+        return Err(BatchError::Column {
+            column: id_column.to_owned(),
+            detail: "(the id column) is not in the input".into(),
+        });
+    }
+    let features: Vec<String> = match explicit {
+        Some(list) => list.to_vec(),
+        None => schema
+            .fields()
+            .iter()
+            .filter(|f| {
+                f.name() != id_column
+                    && (f.data_type().is_numeric() || f.data_type() == &DataType::Boolean)
+            })
+            .map(|f| f.name().clone())
+            .collect(),
+    };
+    for f in &features {
+        if schema.field_with_name(f).is_err() {
+            return Err(BatchError::Column {
+                column: f.clone(),
+                detail: "is not in the input".into(),
+            });
+        }
+    }
+    if features.is_empty() {
+        return Err(BatchError::Schema("no feature columns to load".into()));
+    }
+    Ok(features)
+}

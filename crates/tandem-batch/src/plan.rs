@@ -1,0 +1,286 @@
+//! From flags to a DataFusion plan: register the input, resolve the id and
+//! feature columns against the model, and build the scoring query.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use tandem_model::Model;
+
+use crate::error::BatchError;
+use crate::udf::{PredictUdf, ShardUdf};
+
+/// The input data set: a file, a directory, or a glob, of Parquet or CSV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputSpec {
+    /// Path, directory or glob as given.
+    pub path: String,
+    /// Parquet or CSV.
+    pub format: Format,
+}
+
+/// Input file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Apache Parquet.
+    Parquet,
+    /// CSV with a header row.
+    Csv,
+}
+
+impl InputSpec {
+    /// Resolves the format from the path (extension, or the files of a
+    /// directory) and checks that a local input exists, naming it if not.
+    pub fn resolve(path: &str) -> Result<InputSpec, BatchError> {
+        let err = |detail: String| BatchError::Input {
+            path: path.to_owned(),
+            detail,
+        };
+        let by_ext = |p: &str| -> Option<Format> {
+            let lower = p.to_ascii_lowercase();
+            if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+                Some(Format::Parquet)
+            } else if lower.ends_with(".csv") {
+                Some(Format::Csv)
+            } else {
+                None
+            }
+        };
+        let is_glob = path.contains(['*', '?', '[']);
+        let local = Path::new(path);
+        let format = if !is_glob && local.is_dir() {
+            let mut found = None;
+            let entries = std::fs::read_dir(local).map_err(|e| err(e.to_string()))?;
+            for entry in entries.flatten() {
+                if let Some(f) = by_ext(&entry.file_name().to_string_lossy()) {
+                    found = Some(f);
+                    break;
+                }
+            }
+            found.ok_or_else(|| err("the directory holds no .parquet or .csv files".into()))?
+        } else {
+            if !is_glob && !path.contains("://") {
+                std::fs::File::open(local).map_err(|e| err(e.to_string()))?;
+            }
+            by_ext(path).ok_or_else(|| {
+                err(
+                    "cannot tell the format: name a .parquet or .csv file, directory or glob"
+                        .into(),
+                )
+            })?
+        };
+        Ok(InputSpec {
+            path: path.to_owned(),
+            format,
+        })
+    }
+}
+
+/// A session with `tandem_shard` (and, given a model, `predict` with its
+/// fill value) registered, and the input as table `input`.
+pub async fn session(
+    input: &InputSpec,
+    model: Option<(&Arc<Model>, f32)>,
+) -> Result<SessionContext, BatchError> {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let config = SessionConfig::new()
+        .with_target_partitions(cores)
+        .with_batch_size(8192);
+    let ctx = SessionContext::new_with_config(config);
+    if let Some((model, fill)) = model {
+        ctx.register_udf(PredictUdf::new(model.clone(), fill).into_udf());
+    }
+    ctx.register_udf(ShardUdf::default().into_udf());
+    let registered = match input.format {
+        Format::Parquet => {
+            ctx.register_parquet("input", &input.path, ParquetReadOptions::default())
+                .await
+        }
+        Format::Csv => {
+            ctx.register_csv("input", &input.path, CsvReadOptions::new().has_header(true))
+                .await
+        }
+    };
+    registered.map_err(|e| BatchError::Input {
+        path: input.path.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok(ctx)
+}
+
+/// Checks a `--shard I/N` value.
+pub fn check_shard(shard: Option<(u32, u32)>) -> Result<(), BatchError> {
+    match shard {
+        Some((i, n)) if n == 0 || i >= n => Err(BatchError::Invalid(format!(
+            "--shard {i}/{n}: need 0 <= I < N"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Quotes an identifier for SQL.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The query whose output is scored: `--sql` (default `SELECT * FROM
+/// input`) filtered by `--where`.
+pub fn base_query(sql: Option<&str>, filter: Option<&str>) -> String {
+    let base = sql.unwrap_or("SELECT * FROM input");
+    match filter {
+        Some(w) => format!("SELECT * FROM ({base}) AS q WHERE {w}"),
+        None => base.to_owned(),
+    }
+}
+
+fn is_numeric(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Boolean)
+}
+
+/// The feature columns, in model order: `explicit` if given, else the
+/// model's feature names, else every numeric column but the id. Checked
+/// against the input schema and the model's width.
+pub fn resolve_features(
+    schema: &Schema,
+    id_column: &str,
+    explicit: Option<&[String]>,
+    model: &Model,
+) -> Result<Vec<String>, BatchError> {
+    if schema.field_with_name(id_column).is_err() {
+        return Err(BatchError::Column {
+            column: id_column.to_owned(),
+            detail: format!(
+                "(the id column) is not in the input; columns are {}",
+                column_list(schema)
+            ),
+        });
+    }
+    let names = &model.metadata().feature_names;
+    let features: Vec<String> = match explicit {
+        Some(list) => {
+            if !names.is_empty() && list != names.as_slice() {
+                return Err(BatchError::Schema(format!(
+                    "--features {} differ from the model's feature names {} (order matters)",
+                    list.join(","),
+                    names.join(",")
+                )));
+            }
+            list.to_vec()
+        }
+        None if !names.is_empty() => names.clone(),
+        None => schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != id_column && is_numeric(f.data_type()))
+            .map(|f| f.name().clone())
+            .collect(),
+    };
+    for f in &features {
+        match schema.field_with_name(f) {
+            Err(_) => {
+                return Err(BatchError::Column {
+                    column: f.clone(),
+                    detail: format!(
+                        "(a model feature) is not in the input; columns are {}",
+                        column_list(schema)
+                    ),
+                });
+            }
+            Ok(field)
+                if !is_numeric(field.data_type())
+                    && field.data_type() != &DataType::Utf8
+                    && field.data_type() != &DataType::Utf8View
+                    && field.data_type() != &DataType::LargeUtf8 =>
+            {
+                return Err(BatchError::Column {
+                    column: f.clone(),
+                    detail: format!("has type {} and cannot be a feature", field.data_type()),
+                });
+            }
+            Ok(_) => {}
+        }
+    }
+    if features.len() != model.width() {
+        return Err(BatchError::Schema(format!(
+            "the model takes {} features but {} were selected ({}); name them with --features",
+            model.width(),
+            features.len(),
+            features.join(",")
+        )));
+    }
+    Ok(features)
+}
+
+fn column_list(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The scoring query: `entity_id`, every feature as DOUBLE (NULL where
+/// missing or not a number) and `prediction`.
+pub fn scoring_query(
+    base: &str,
+    id_column: &str,
+    features: &[String],
+    shard: Option<(u32, u32)>,
+    with_prediction: bool,
+) -> String {
+    let id = ident(id_column);
+    let mut cols = vec![format!("CAST({id} AS VARCHAR) AS entity_id")];
+    let casts: Vec<String> = features
+        .iter()
+        .map(|f| format!("TRY_CAST({} AS DOUBLE)", ident(f)))
+        .collect();
+    for (i, c) in casts.iter().enumerate() {
+        cols.push(format!("{c} AS {}", ident(&format!("f{i}"))));
+    }
+    if with_prediction {
+        cols.push(format!("predict({}) AS prediction", casts.join(", ")));
+    }
+    let mut q = format!("SELECT {} FROM ({base}) AS src", cols.join(", "));
+    if let Some((i, n)) = shard {
+        q.push_str(&format!(
+            " WHERE tandem_shard(CAST({id} AS VARCHAR), {n}) = {i}"
+        ));
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident(r#"a"b"#), r#""a""b""#);
+    }
+
+    #[test]
+    fn scoring_query_casts_and_shards() {
+        let q = scoring_query(
+            "SELECT * FROM input",
+            "id",
+            &["x".into(), "y z".into()],
+            Some((1, 4)),
+            true,
+        );
+        assert_eq!(
+            q,
+            r#"SELECT CAST("id" AS VARCHAR) AS entity_id, TRY_CAST("x" AS DOUBLE) AS "f0", TRY_CAST("y z" AS DOUBLE) AS "f1", predict(TRY_CAST("x" AS DOUBLE), TRY_CAST("y z" AS DOUBLE)) AS prediction FROM (SELECT * FROM input) AS src WHERE tandem_shard(CAST("id" AS VARCHAR), 4) = 1"#
+        );
+    }
+
+    #[test]
+    fn where_wraps_the_base_query() {
+        assert_eq!(
+            base_query(Some("SELECT id, a * 2 AS a2 FROM input"), Some("a2 > 1")),
+            "SELECT * FROM (SELECT id, a * 2 AS a2 FROM input) AS q WHERE a2 > 1"
+        );
+    }
+}

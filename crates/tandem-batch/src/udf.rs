@@ -1,0 +1,179 @@
+//! The scalar functions a batch plan calls: `predict(f1, ..., fn)` scores
+//! rows with the loaded model; `tandem_shard(id, n)` says which of `n`
+//! shards an entity id belongs to.
+//!
+//! `predict` receives each DataFusion batch as columns, packs them into one
+//! row-major `[N, F]` f32 block (nulls and NaN take the fill value), runs the
+//! model once per batch, and returns one Float64 per row. It is a plain
+//! `ScalarUDF`, so the same plan runs on Ballista executors that register it
+//! under the same name.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float32Array, Float64Array, StringArray, UInt32Array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use tandem_core::FeatureBatch;
+use tandem_model::Model;
+
+use crate::digest::shard_of;
+
+/// `predict(f1, ..., fn) -> Float64`: the model's prediction per row.
+#[derive(Debug)]
+pub struct PredictUdf {
+    model: Arc<Model>,
+    fill: f32,
+    signature: Signature,
+}
+
+impl PredictUdf {
+    /// A `predict` function over `model`; null and NaN inputs take `fill`.
+    pub fn new(model: Arc<Model>, fill: f32) -> Self {
+        PredictUdf {
+            model,
+            fill,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+
+    /// As a DataFusion `ScalarUDF`.
+    pub fn into_udf(self) -> ScalarUDF {
+        ScalarUDF::new_from_impl(self)
+    }
+}
+
+impl PartialEq for PredictUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.model.name() == other.model.name()
+            && self.model.version() == other.model.version()
+            && self.model.path() == other.model.path()
+            && self.fill.to_bits() == other.fill.to_bits()
+    }
+}
+
+impl Eq for PredictUdf {}
+
+impl Hash for PredictUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.model.name().hash(state);
+        self.model.version().hash(state);
+        self.model.path().hash(state);
+        self.fill.to_bits().hash(state);
+    }
+}
+
+impl ScalarUDFImpl for PredictUdf {
+    fn name(&self) -> &str {
+        "predict"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        if arg_types.len() != self.model.width() {
+            return exec_err!(
+                "predict takes the model's {} features, got {} arguments",
+                self.model.width(),
+                arg_types.len()
+            );
+        }
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let width = self.model.width();
+        if args.args.len() != width {
+            return exec_err!("predict takes {width} arguments, got {}", args.args.len());
+        }
+        let columns = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut block = vec![self.fill; rows * width];
+        for (f, column) in columns.iter().enumerate() {
+            let column = cast(column, &DataType::Float32)?;
+            let Some(values) = column.as_any().downcast_ref::<Float32Array>() else {
+                return exec_err!("feature {f} did not cast to Float32");
+            };
+            for (r, v) in values.iter().enumerate() {
+                if let Some(v) = v.filter(|v| !v.is_nan()) {
+                    block[r * width + f] = v;
+                }
+            }
+        }
+        let batch =
+            FeatureBatch::new(block, width).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let predictions = self
+            .model
+            .predict(&batch)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let per_row = predictions.width();
+        let out: Float64Array = (0..rows)
+            .map(|r| Some(f64::from(predictions.values()[r * per_row])))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+    }
+}
+
+/// `tandem_shard(id, n) -> UInt32`: the shard (0..n) an entity id hashes to
+/// (FNV-1a 64 of the id's UTF-8 bytes, modulo n), the same on every machine
+/// and version.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ShardUdf {
+    signature: Signature,
+}
+
+impl Default for ShardUdf {
+    fn default() -> Self {
+        ShardUdf {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ShardUdf {
+    /// As a DataFusion `ScalarUDF`.
+    pub fn into_udf(self) -> ScalarUDF {
+        ScalarUDF::new_from_impl(self)
+    }
+}
+
+impl ScalarUDFImpl for ShardUdf {
+    fn name(&self) -> &str {
+        "tandem_shard"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::UInt32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = match &args.args[1] {
+            ColumnarValue::Scalar(s) => match s.cast_to(&DataType::UInt32)? {
+                ScalarValue::UInt32(Some(n)) if n > 0 => n,
+                _ => return exec_err!("tandem_shard: the shard count must be a positive integer"),
+            },
+            ColumnarValue::Array(_) => {
+                return exec_err!("tandem_shard: the shard count must be a constant");
+            }
+        };
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = cast(&ids, &DataType::Utf8)?;
+        let Some(ids) = ids.as_any().downcast_ref::<StringArray>() else {
+            return exec_err!("tandem_shard: ids did not cast to strings");
+        };
+        let out: UInt32Array = ids.iter().map(|id| id.map(|id| shard_of(id, n))).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}

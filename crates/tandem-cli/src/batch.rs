@@ -1,0 +1,294 @@
+//! `tandem batch` and `tandem materialize`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tandem_batch::{BatchOptions, MaterializeOptions, Progress, run_batch, run_materialize};
+
+/// Flags shared by `batch` and `materialize`.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Entity features: a Parquet or CSV file, a directory of them, or a
+    /// glob (`data/day=*/part-*.parquet`).
+    #[arg(long, short)]
+    input: String,
+    /// Entity id column.
+    #[arg(long, default_value = "entity_id")]
+    id_column: String,
+    /// Feature columns in model order, comma-separated (default: the
+    /// model's feature names, else every numeric column but the id).
+    #[arg(long, value_delimiter = ',')]
+    features: Option<Vec<String>>,
+    /// SQL filter on the input (`country = 'FR' AND age > 18`).
+    #[arg(long = "where")]
+    filter: Option<String>,
+    /// SQL query over table `input` whose result is used instead
+    /// (feature engineering: `SELECT entity_id, ln(spend + 1) AS spend FROM input`).
+    #[arg(long)]
+    sql: Option<String>,
+    /// Fail on the first bad row (null or duplicate id, missing or NaN
+    /// feature) instead of skipping or filling it.
+    #[arg(long)]
+    strict: bool,
+    /// Value given to missing, non-numeric and NaN features.
+    #[arg(long, default_value_t = 0.0)]
+    fill: f64,
+    /// Only the entities whose id hashes to shard I of N (`--shard 0/4`):
+    /// run N copies for N shards.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(u32, u32)>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `tandem batch`.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// The ONNX model (its sidecar .toml, if any, names the features).
+    #[arg(long, short)]
+    model: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Prediction store: PATH.redb, redis://host:port, redis-cluster://h:p,...
+    #[arg(long)]
+    store: Option<String>,
+    /// TTL of the stored predictions (`24h`, `90m`, `3600s`, `7d`).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Also write a Parquet file (entity_id, prediction, model, version,
+    /// computed_at); it appears only when the run succeeds.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Run id carried by every record (default: generated and printed).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Resume an interrupted run: entities already written by RUN_ID are
+    /// skipped.
+    #[arg(long, value_name = "RUN_ID", conflicts_with = "run_id")]
+    resume: Option<String>,
+}
+
+/// Arguments of `tandem materialize`.
+#[derive(Debug, Args)]
+pub struct MaterializeArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Feature store: PATH.redb, redis://host:port, redis-cluster://h:p,...
+    #[arg(long)]
+    store: String,
+    /// A model whose feature names and count the features must match.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// TTL of the stored features (default: none).
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
+}
+
+fn parse_shard(s: &str) -> Result<(u32, u32), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let i: u32 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad shard index {i:?}"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad shard count {n:?}"))?;
+    if n == 0 || i >= n {
+        return Err(format!("need 0 <= I < N, got {i}/{n}"));
+    }
+    Ok((i, n))
+}
+
+/// Parses `90s`, `15m`, `24h`, `7d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (use 30s, 15m, 24h, 7d)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "ms" => return Ok(Duration::from_millis(n)),
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: Option<u64>) {
+        if let Some(t) = total {
+            self.0.set_length(t);
+            self.0.set_style(
+                ProgressStyle::with_template(
+                    "{bar:40} {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        } else {
+            self.0.set_style(
+                ProgressStyle::with_template("{spinner} {human_pos} rows  {per_sec}  {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+        }
+        self.0.enable_steady_tick(Duration::from_millis(200));
+    }
+
+    fn advance(&self, rows: u64) {
+        self.0.inc(rows);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `tandem batch`. Exit codes: 0 all rows scored as they were; 1
+/// finished with skipped rows or filled features; 2 failed.
+pub fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
+    let i = args.input;
+    let mut opts = BatchOptions::new(args.model, i.input);
+    opts.id_column = i.id_column;
+    opts.features = i.features;
+    opts.filter = i.filter;
+    opts.sql = i.sql;
+    opts.strict = i.strict;
+    opts.fill = i.fill as f32;
+    opts.shard = i.shard;
+    opts.store = args.store;
+    opts.ttl = args.ttl;
+    opts.output = args.output;
+    opts.resume = args.resume.is_some();
+    opts.run_id = args
+        .resume
+        .or(args.run_id)
+        .or_else(|| Some(tandem_batch::new_run_id()));
+    if !i.json {
+        eprintln!("run id: {}", opts.run_id.as_deref().unwrap_or_default());
+    }
+    let bar = Bar::new();
+    let summary = runtime()?.block_on(run_batch(&opts, &bar))?;
+    if i.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "run {}: model {} v{}\n  rows read    {}\n  scored       {}\n  written      {}{}\n  skipped      {} ({})\n  filled       {}\n  wall time    {:.2} s ({:.0} rows/s)",
+            summary.run_id,
+            summary.model,
+            summary.version,
+            summary.rows_read,
+            summary.rows_scored,
+            summary.rows_written,
+            if summary.already_written > 0 {
+                format!(
+                    " (+{} already written by this run)",
+                    summary.already_written
+                )
+            } else {
+                String::new()
+            },
+            summary.rows_skipped,
+            counts(&summary.skipped),
+            counts(&summary.filled),
+            summary.wall_seconds,
+            summary.rows_per_second,
+        );
+        if let Some(store) = &summary.store {
+            println!("  store        {store}");
+        }
+        if let Some(out) = &summary.output {
+            println!("  output       {out}");
+        }
+    }
+    Ok(ExitCode::from(summary.exit_code()))
+}
+
+/// Runs `tandem materialize`. Exit codes as for `batch`.
+pub fn materialize(args: MaterializeArgs) -> anyhow::Result<ExitCode> {
+    let i = args.input;
+    let mut opts = MaterializeOptions::new(i.input, args.store);
+    opts.id_column = i.id_column;
+    opts.features = i.features;
+    opts.filter = i.filter;
+    opts.sql = i.sql;
+    opts.strict = i.strict;
+    opts.fill = i.fill;
+    opts.shard = i.shard;
+    opts.model = args.model;
+    opts.ttl = args.ttl;
+    let bar = Bar::new();
+    let summary = runtime()?.block_on(run_materialize(&opts, &bar))?;
+    if i.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "materialized {} features of {} rows into {}\n  written      {}\n  skipped      {} ({})\n  filled       {}\n  wall time    {:.2} s ({:.0} rows/s)",
+            summary.features.len(),
+            summary.rows_read,
+            summary.store,
+            summary.rows_written,
+            summary.rows_skipped,
+            counts(&summary.skipped),
+            counts(&summary.filled),
+            summary.wall_seconds,
+            summary.rows_per_second,
+        );
+    }
+    Ok(ExitCode::from(summary.exit_code()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn shards() {
+        assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("1").is_err());
+    }
+}
