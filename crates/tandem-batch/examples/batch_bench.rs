@@ -17,14 +17,15 @@ use datafusion::arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray}
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use futures::StreamExt;
-use tandem_batch::plan::{InputSpec, scoring_query, session};
+use tandem_batch::plan::{InputSpec, parallel_source, scoring_query, session};
 use tandem_core::FeatureBatch;
 use tandem_model::Model;
 
 const F: usize = 32;
 
 fn value(i: usize, f: usize) -> f32 {
-    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (f as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (f as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     ((h >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
 }
 
@@ -40,16 +41,25 @@ fn write_data(path: &Path, rows: usize) {
             (start..end).map(|i| format!("user-{i:09}")),
         ))];
         for f in 0..F {
-            cols.push(Arc::new(Float32Array::from_iter_values((start..end).map(|i| value(i, f)))));
+            cols.push(Arc::new(Float32Array::from_iter_values(
+                (start..end).map(|i| value(i, f)),
+            )));
         }
-        w.write(&RecordBatch::try_new(schema.clone(), cols).expect("batch")).expect("write");
+        w.write(&RecordBatch::try_new(schema.clone(), cols).expect("batch"))
+            .expect("write");
     }
     w.close().expect("close");
 }
 
 async fn drain(ctx: &datafusion::prelude::SessionContext, sql: &str) -> (usize, f64) {
     let t = Instant::now();
-    let mut stream = ctx.sql(sql).await.expect("plan").execute_stream().await.expect("run");
+    let mut stream = ctx
+        .sql(sql)
+        .await
+        .expect("plan")
+        .execute_stream()
+        .await
+        .expect("run");
     let mut rows = 0;
     while let Some(b) = stream.next().await {
         rows += b.expect("batch").num_rows();
@@ -61,7 +71,11 @@ async fn drain(ctx: &datafusion::prelude::SessionContext, sql: &str) -> (usize, 
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (data, rows, models) = match args.as_slice() {
-        [data, rows, models @ ..] if !models.is_empty() => (data.clone(), rows.parse::<usize>().expect("ROWS"), models.to_vec()),
+        [data, rows, models @ ..] if !models.is_empty() => (
+            data.clone(),
+            rows.parse::<usize>().expect("ROWS"),
+            models.to_vec(),
+        ),
         _ => {
             eprintln!("usage: batch_bench DATA.parquet ROWS MODEL.onnx [MODEL.onnx...]");
             std::process::exit(2);
@@ -70,22 +84,39 @@ async fn main() {
     if !Path::new(&data).exists() {
         let t = Instant::now();
         write_data(Path::new(&data), rows);
-        eprintln!("wrote {rows} rows to {data} in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "wrote {rows} rows to {data} in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     let names: Vec<String> = (0..F).map(|f| format!("f{f}")).collect();
-    println!("| model | scan rows/s | scan + score rows/s | in-memory score rows/s (2 threads) | scan+score / in-memory |");
+    println!(
+        "| model | scan rows/s | scan + score rows/s | in-memory score rows/s (2 threads) | scan+score / in-memory |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for path in &models {
         let model = Arc::new(Model::load(path).expect("model"));
         let input = InputSpec::resolve(&data).expect("input");
         let ctx = session(&input, Some((&model, 0.0))).await.expect("session");
-        let scan_sql = scoring_query("SELECT * FROM input", "entity_id", &names, None, false);
+        let source = parallel_source(&ctx, "SELECT * FROM input")
+            .await
+            .expect("source");
+        let scan_sql = scoring_query(&source, "entity_id", &names, None, false);
         let (n, scan) = drain(&ctx, &scan_sql).await;
-        let score_sql = scoring_query("SELECT * FROM input", "entity_id", &names, None, true);
+        let score_sql = scoring_query(&source, "entity_id", &names, None, true);
+        if std::env::var_os("EXPLAIN").is_some() {
+            let plan = ctx
+                .sql(&format!("EXPLAIN {score_sql}"))
+                .await
+                .expect("explain");
+            plan.show().await.expect("show");
+        }
         let (_, scored) = drain(&ctx, &score_sql).await;
 
         // The same rows as one matrix, scored in blocks of 8192 on 2 threads.
-        let matrix: Vec<f32> = (0..n).flat_map(|i| (0..F).map(move |f| value(i, f))).collect();
+        let matrix: Vec<f32> = (0..n)
+            .flat_map(|i| (0..F).map(move |f| value(i, f)))
+            .collect();
         let t = Instant::now();
         std::thread::scope(|s| {
             for half in matrix.chunks(matrix.len().div_ceil(2)) {

@@ -189,7 +189,8 @@ pub async fn run_batch(
     let base = base_query(opts.sql.as_deref(), opts.filter.as_deref());
     let schema = ctx.sql(&base).await?.schema().as_arrow().clone();
     let features = resolve_features(&schema, &opts.id_column, opts.features.as_deref(), &model)?;
-    let query = scoring_query(&base, &opts.id_column, &features, opts.shard, true);
+    let source = crate::plan::parallel_source(&ctx, &base).await?;
+    let query = scoring_query(&source, &opts.id_column, &features, opts.shard, true);
     let df = ctx.sql(&query).await?;
     let mut output = match &opts.output {
         Some(path) => Some(OutputFile::create(path, &run_id)?),

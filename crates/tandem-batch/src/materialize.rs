@@ -123,7 +123,8 @@ pub async fn run_materialize(
         Some(m) => resolve_features(&schema, &opts.id_column, opts.features.as_deref(), m)?,
         None => numeric_features(&schema, &opts.id_column, opts.features.as_deref())?,
     };
-    let query = scoring_query(&base, &opts.id_column, &features, opts.shard, false);
+    let source = crate::plan::parallel_source(&ctx, &base).await?;
+    let query = scoring_query(&source, &opts.id_column, &features, opts.shard, false);
     let total = if opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none() {
         count_rows(&ctx).await
     } else {

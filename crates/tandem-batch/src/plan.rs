@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
+use datafusion::logical_expr::Partitioning;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tandem_model::Model;
 
@@ -108,6 +109,20 @@ pub async fn session(
         detail: e.to_string(),
     })?;
     Ok(ctx)
+}
+
+/// Registers `base` as view `tandem_src`, spread round-robin over every
+/// core, and returns the query that reads it. A single large Parquet row
+/// group (or one CSV file) is one scan partition; without this, scoring
+/// would run on one core.
+pub async fn parallel_source(ctx: &SessionContext, base: &str) -> Result<String, BatchError> {
+    let cores = ctx.copied_config().target_partitions();
+    let df = ctx
+        .sql(base)
+        .await?
+        .repartition(Partitioning::RoundRobinBatch(cores))?;
+    ctx.register_table("tandem_src", df.into_view())?;
+    Ok("SELECT * FROM tandem_src".to_owned())
 }
 
 /// Checks a `--shard I/N` value.

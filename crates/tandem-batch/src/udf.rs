@@ -49,6 +49,58 @@ impl PredictUdf {
     }
 }
 
+impl PredictUdf {
+    /// Scores a row-major block, splitting a large one over every core: one
+    /// Parquet row group (pyarrow writes up to 1M rows in one) is a single
+    /// scan partition, and would otherwise be scored on one core.
+    fn predict_block(&self, block: &[f32], rows: usize) -> Result<Vec<f64>> {
+        let width = self.model.width();
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let per_part = rows.div_ceil(threads).next_multiple_of(PARALLEL_GRAIN);
+        if threads < 2 || rows < 2 * PARALLEL_GRAIN {
+            return self.predict_rows(block);
+        }
+        let parts: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = block
+                .chunks(per_part * width)
+                .map(|part| s.spawn(move || self.predict_rows(part)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| exec_err!("the model panicked while scoring"))
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(rows);
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    fn predict_rows(&self, block: &[f32]) -> Result<Vec<f64>> {
+        let batch = FeatureBatch::new(block.to_vec(), self.model.width())
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let predictions = self
+            .model
+            .predict(&batch)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let per_row = predictions.width();
+        Ok(predictions
+            .values()
+            .iter()
+            .step_by(per_row.max(1))
+            .map(|&v| f64::from(v))
+            .collect())
+    }
+}
+
+/// Rows below which a block is not split across threads (and the unit of
+/// the split, matching the model's fixed-size plans).
+const PARALLEL_GRAIN: usize = 1024;
+
 impl PartialEq for PredictUdf {
     fn eq(&self, other: &Self) -> bool {
         self.model.name() == other.model.name()
@@ -108,15 +160,10 @@ impl ScalarUDFImpl for PredictUdf {
                 }
             }
         }
-        let batch =
-            FeatureBatch::new(block, width).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let predictions = self
-            .model
-            .predict(&batch)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let per_row = predictions.width();
-        let out: Float64Array = (0..rows)
-            .map(|r| Some(f64::from(predictions.values()[r * per_row])))
+        let out: Float64Array = self
+            .predict_block(&block, rows)?
+            .into_iter()
+            .map(Some)
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     }
