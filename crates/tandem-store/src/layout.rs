@@ -85,14 +85,16 @@ pub fn decode_prediction(key: &str, bytes: &[u8]) -> Result<PredictionRecord, St
 /// Encodes a feature row as a JSON object of numbers. Non-finite values,
 /// which JSON cannot carry, are written as `null` (read back as absent).
 pub fn encode_features(row: &FeatureRow) -> Vec<u8> {
-    let map: serde_json::Map<String, serde_json::Value> = row
-        .iter()
-        .map(|(k, v)| {
-            let v = serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into);
-            (k.clone(), v)
-        })
-        .collect();
-    serde_json::to_vec(&map).unwrap_or_default()
+    struct Row<'a>(&'a FeatureRow);
+    impl serde::Serialize for Row<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, v.is_finite().then_some(*v))))
+        }
+    }
+    let mut out = Vec::with_capacity(16 + row.len() * 24);
+    // Writing numbers and strings into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, &Row(row));
+    out
 }
 
 /// Decodes a feature row: a JSON object whose values are numbers or `null`
