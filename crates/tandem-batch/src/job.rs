@@ -197,7 +197,9 @@ pub async fn run_batch(
         None => None,
     };
 
-    let total = if opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none() {
+    // Parquet footers give the total for free; a CSV would be read twice.
+    let plain = opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none();
+    let total = if plain && input.format == crate::plan::Format::Parquet {
         count_rows(&ctx).await
     } else {
         None
@@ -221,7 +223,7 @@ pub async fn run_batch(
     let mut scored = 0u64;
     let mut already = 0u64;
     let mut outcome: Result<(), BatchError> = Ok(());
-    while let Some(batch) = stream.next().await {
+    'batches: while let Some(batch) = stream.next().await {
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
@@ -279,7 +281,8 @@ pub async fn run_batch(
                     let chunk =
                         std::mem::replace(&mut pending, Vec::with_capacity(opts.write_batch));
                     if tx.send(chunk).await.is_err() {
-                        break;
+                        // The writer stopped on an error; it is reported below.
+                        break 'batches;
                     }
                 }
             }

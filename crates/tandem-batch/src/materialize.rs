@@ -125,7 +125,8 @@ pub async fn run_materialize(
     };
     let source = crate::plan::parallel_source(&ctx, &base).await?;
     let query = scoring_query(&source, &opts.id_column, &features, opts.shard, false);
-    let total = if opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none() {
+    let plain = opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none();
+    let total = if plain && input.format == crate::plan::Format::Parquet {
         count_rows(&ctx).await
     } else {
         None
