@@ -593,3 +593,43 @@ async fn materialize_loads_features_the_real_time_path_can_read() {
     assert_eq!(got[1].as_ref().unwrap()["f2"], 0.0);
     assert!(!e7.contains_key("country"));
 }
+
+#[test]
+fn losing_redis_mid_run_fails_the_run_with_a_store_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.parquet");
+    write_parquet(&input, 0..400_000, &[]);
+    let mut redis = RedisServer::start();
+    let url = format!("{}?timeout_ms=500", redis.url());
+    let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "batch",
+            "--model",
+            model_path().to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            &url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let keys: u64 = redis.command(&["DBSIZE"])[1..].trim().parse().unwrap();
+        if keys >= 10_000 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    redis.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("store") && (err.contains("unavailable") || err.contains("timed out")),
+        "{err}"
+    );
+}
