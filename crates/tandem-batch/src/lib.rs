@@ -5,7 +5,7 @@
 //! (so the same plan can run on Ballista), and the results stream into the
 //! store while scoring goes on. Never HTTP.
 
-pub mod digest;
+pub use tandem_core::digest;
 pub mod error;
 pub mod job;
 pub mod materialize;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tandem_core::parse_duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -102,26 +103,6 @@ fn parse_shard(s: &str) -> Result<(u32, u32), String> {
         return Err(format!("need 0 <= I < N, got {i}/{n}"));
     }
     Ok((i, n))
-}
-
-/// Parses `90s`, `15m`, `24h`, `7d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (use 30s, 15m, 24h, 7d)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "ms" => return Ok(Duration::from_millis(n)),
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s, m, h, d)")),
-    };
-    Ok(Duration::from_secs(secs))
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
@@ -275,15 +256,6 @@ pub fn materialize(args: MaterializeArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("h").is_err());
-    }
 
     #[test]
     fn shards() {

@@ -1,8 +1,10 @@
 //! The `tandem` binary: a thin command line over the tandem crates.
 
 mod batch;
+mod config;
 mod input;
 mod models;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,9 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Load entity features from Parquet/CSV into the feature store.
     Materialize(batch::MaterializeArgs),
+    /// Serve predictions over HTTP: the native entity API (hybrid policy),
+    /// TF Serving REST and KServe V2.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
         Command::Models(cmd) => models::run(cmd),
         Command::Batch(args) => batch::batch(args),
         Command::Materialize(args) => batch::materialize(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(code) => code,

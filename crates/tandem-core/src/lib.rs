@@ -4,9 +4,16 @@
 //! targets and the cost model.
 
 pub mod batch;
+pub mod digest;
+pub mod policy;
 pub mod record;
+pub mod schema;
 
 pub use batch::{BatchError, FeatureBatch, Predictions};
+pub use policy::{AnswerSource, Health, HealthThresholds, HybridPolicy, Mode, parse_duration};
 pub use record::{
     FeatureRow, PredictionRecord, PredictionSource, TtlPolicy, unix_millis, unix_seconds,
+};
+pub use schema::{
+    FeatureOverride, FeatureSchema, FeatureSource, FeatureSpec, RealtimeFeature, SchemaError,
 };

@@ -1,7 +1,30 @@
-//! The transport-agnostic service every tandem front end calls: feature
-//! assembly, the hybrid policy and its degradation chain (fresh stored
-//! prediction, real-time compute, stale prediction, default), the request
-//! batcher in front of the model threads, and serving statistics.
+//! The transport-agnostic tandem service. Every transport (the native
+//! entity API, TF Serving REST, KServe V2) calls the same [`Engine`]:
 //!
-//! Laid out by the workspace issue and filled by the serving issue; it has no
-//! public items yet.
+//! - entity requests follow the hybrid policy and its degradation chain:
+//!   fresh stored prediction (memory tier, then store) -> real-time compute
+//!   within the deadline -> stale stored prediction -> default prediction,
+//!   every answer saying which ([`service`]);
+//! - model calls go through one bounded queue and dedicated model threads
+//!   that batch concurrent requests ([`batcher`]);
+//! - computed predictions are written back off the request path
+//!   ([`writeback`]);
+//! - answer sources are counted over a sliding window for the health status
+//!   ([`stats`]); models are polled for new versions ([`models`]).
+
+pub mod batcher;
+pub mod error;
+pub mod models;
+pub mod service;
+pub mod stats;
+pub mod writeback;
+
+pub use batcher::{Batcher, BatcherConfig};
+pub use error::EngineError;
+pub use models::{ModelEvent, Models};
+pub use service::{Answer, Engine, EngineConfig, EntityQuery, Inferred, PredictRequest};
+pub use stats::{Stats, StatsSnapshot};
+pub use tandem_core::{AnswerSource, Health, HealthThresholds, HybridPolicy, Mode};
+pub use tandem_model::{
+    DType, Model, ModelMetadata, OutputData, OutputTensor, TensorInfo, VersionSpec,
+};

@@ -17,4 +17,4 @@ pub mod repository;
 pub use config::{ModelConfig, NonFinite, OutputSelection};
 pub use error::ModelError;
 pub use model::{DType, Model, ModelMetadata, OutputData, OutputTensor, TensorInfo};
-pub use repository::{ModelRepository, VersionPolicy, VersionSpec};
+pub use repository::{LoadReport, ModelRepository, ServedModel, VersionPolicy, VersionSpec};

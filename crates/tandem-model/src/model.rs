@@ -377,6 +377,14 @@ impl Model {
             .collect()
     }
 
+    /// Runs one row of zeros through the model, so that the first real
+    /// request does not pay for first-use set-up.
+    pub fn warm(&self) -> Result<(), ModelError> {
+        let batch = FeatureBatch::new(vec![0.0; self.width], self.width)
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        self.run(&batch).map(drop)
+    }
+
     /// Runs the model and returns every output.
     pub fn run(&self, batch: &FeatureBatch) -> Result<Vec<OutputTensor>, ModelError> {
         let outs = self.run_raw(batch)?;

@@ -75,6 +75,7 @@ pub struct LoadReport {
 #[derive(Debug)]
 pub struct ModelRepository {
     root: PathBuf,
+    single: bool,
     policy: VersionPolicy,
     models: ArcSwap<Snapshot>,
 }
@@ -93,6 +94,7 @@ impl ModelRepository {
         }
         let repo = ModelRepository {
             root,
+            single: false,
             policy,
             models: ArcSwap::from_pointee(Snapshot::new()),
         };
@@ -109,15 +111,52 @@ impl ModelRepository {
         Ok(repo)
     }
 
-    /// The repository's root directory.
+    /// Serves one model file (name and version as [`Model::load`] gives
+    /// them), loaded and warmed now. Such a repository has nothing to
+    /// rescan: [`ModelRepository::reload`] reports nothing.
+    pub fn single(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let model = Model::load(path.as_ref())?;
+        model.warm()?;
+        let mut served = ServedModel::default();
+        let name = model.name().to_string();
+        served.versions.insert(model.version(), Arc::new(model));
+        Ok(ModelRepository {
+            root: path.as_ref().to_path_buf(),
+            single: true,
+            policy: VersionPolicy::default(),
+            models: ArcSwap::from_pointee(Snapshot::from([(name, served)])),
+        })
+    }
+
+    /// Opens `path` as a repository when it is a directory, else as one
+    /// model file.
+    pub fn open_path(path: impl AsRef<Path>, policy: VersionPolicy) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            ModelRepository::open(path, policy)
+        } else {
+            ModelRepository::single(path)
+        }
+    }
+
+    /// The repository's root directory (the file, for a single model).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Rescans the directory: loads versions that appeared, unloads those
-    /// that went away, re-reads labels. A model that fails keeps what it had.
+    /// Whether this repository serves a single file (no rescans).
+    pub fn is_single_file(&self) -> bool {
+        self.single
+    }
+
+    /// Rescans the directory: loads (and warms) versions that appeared,
+    /// unloads those that went away, re-reads labels, then swaps the new set
+    /// in at once. A model that fails keeps what it had.
     pub fn reload(&self) -> LoadReport {
         let mut report = LoadReport::default();
+        if self.single {
+            return report;
+        }
         let old = self.models.load_full();
         let mut next = Snapshot::new();
         let entries = match std::fs::read_dir(&self.root) {
@@ -196,12 +235,14 @@ impl ModelRepository {
             }
             let path = dir.join(v.to_string()).join("model.onnx");
             let loaded = ModelConfig::for_model(&path).and_then(|c| {
-                Model::load_with(
+                let m = Model::load_with(
                     &path,
                     name.to_string(),
                     v,
                     &c.map(|(c, _)| c).unwrap_or_default(),
-                )
+                )?;
+                m.warm()?;
+                Ok(m)
             });
             match loaded {
                 Ok(m) => {

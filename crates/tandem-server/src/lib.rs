@@ -1,7 +1,169 @@
-//! The HTTP front end: the native entity API, TensorFlow Serving REST and
-//! KServe V2 REST, `/metrics`, health probes and the dashboard. Handlers are
-//! thin adapters over `tandem-engine`; this crate never touches a store or
-//! a model directly.
+//! The HTTP front end of tandem: thin adapters over [`tandem_engine`] that
+//! parse, call the engine, and map the result. Routes:
 //!
-//! Laid out by the workspace issue and filled by the serving issue; it has no
-//! public items yet.
+//! - native entity API: `GET /v1/predict/{entity_id}`, `POST /v1/predict`
+//!   ([`native`]);
+//! - TF Serving REST: `/v1/models/...` ([`tfserving`]);
+//! - KServe V2 REST: `/v2/...` ([`kserve`]);
+//! - `/livez`, `/readyz`, `/v1/stats`, `/openapi.json`.
+//!
+//! Errors are mapped to HTTP once, in [`error`].
+
+pub mod error;
+pub mod json;
+pub mod kserve;
+pub mod native;
+pub mod openapi;
+pub mod tensors;
+pub mod tfserving;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tandem_engine::Engine;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The service.
+    pub engine: Arc<Engine>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub body_limit: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_limit: 4 << 20,
+        }
+    }
+}
+
+/// Every route.
+pub fn router(engine: Arc<Engine>, config: HttpConfig) -> Router {
+    let state = AppState {
+        engine,
+        started: Instant::now(),
+    };
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::document))
+        .route("/v1/stats", get(stats))
+        .route("/v1/predict/{entity_id}", get(native::get_one))
+        .route("/v1/predict", post(native::post_many))
+        .route("/v1/models", get(tfserving::missing_name))
+        .route("/v1/models/", get(tfserving::missing_name))
+        .route("/v1/models/{*rest}", any(tfserving::dispatch))
+        .route("/v2", get(kserve::server_metadata))
+        .route("/v2/health/live", get(kserve::live))
+        .route("/v2/health/ready", get(kserve::ready))
+        .route("/v2/models/{model}", get(kserve::metadata))
+        .route("/v2/models/{model}/ready", get(kserve::model_ready))
+        .route("/v2/models/{model}/infer", post(kserve::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(kserve::metadata_version),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(kserve::model_version_ready),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(kserve::infer_version),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "no such route; see /openapi.json", "error_type": "not_found"})),
+    )
+        .into_response()
+}
+
+async fn livez() -> Response {
+    Json(json!({"status": "live"})).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.engine.ready(Duration::from_secs(1)).await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn stats(State(state): State<AppState>) -> Response {
+    let e = &state.engine;
+    let s = e.stats().snapshot();
+    let t = e.tiers().counters();
+    let models: Vec<serde_json::Value> = e
+        .models()
+        .names()
+        .into_iter()
+        .filter_map(|n| {
+            e.models().served(&n).ok().map(|s| {
+                json!({"name": n, "versions": s.versions.keys().collect::<Vec<_>>(), "labels": s.labels})
+            })
+        })
+        .collect();
+    Json(json!({
+        "uptime_secs": state.started.elapsed().as_secs_f64(),
+        "answers": s.answers,
+        "recent": s.recent,
+        "window_secs": s.window_secs,
+        "errors": s.errors,
+        "defaults_filled": s.defaults_filled,
+        "infer_requests": s.infer_requests,
+        "health": {"status": s.health, "reason": s.health_reason},
+        "tiers": {
+            "memory": {"hits": t.memory_hits, "stale": t.memory_stale, "misses": t.memory_misses},
+            "store": {"hits": t.store_hits, "stale": t.store_stale, "misses": t.store_misses, "errors": t.store_errors},
+        },
+        "queue": {"depth": e.batcher().queued(), "capacity": e.batcher().capacity()},
+        "writes": {"pending": e.pending_writes(), "failed": s.writes_failed, "dropped": s.writes_dropped},
+        "models": models,
+        "model_events": e.models().events(),
+        "store": e.store_description(),
+    }))
+    .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight requests finish, and flushes the engine's
+/// pending store writes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(engine.clone(), config);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    engine.flush().await;
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! `tandem serve` configuration: defaults, then a TOML file, then
+//! environment variables `TANDEM__SECTION__KEY`, then flags; validated at
+//! start with errors that name the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use tandem_core::{
+    FeatureOverride, HealthThresholds, HybridPolicy, Mode, TtlPolicy, parse_duration,
+};
+use tandem_engine::{BatcherConfig, EngineConfig};
+use tandem_store::MemoryTierConfig;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerSection,
+    /// Models.
+    pub models: ModelsSection,
+    /// Stores.
+    pub store: StoreSection,
+    /// The hybrid policy defaults.
+    pub hybrid: HybridSection,
+    /// TTLs.
+    pub ttl: TtlSection,
+    /// The request batcher.
+    pub batching: BatcherConfig,
+    /// The memory tier.
+    pub memory: MemorySection,
+    /// Health thresholds.
+    pub health: HealthSection,
+    /// Real-time features.
+    pub realtime: RealtimeSection,
+    /// Per-feature source and default, by feature name.
+    pub features: BTreeMap<String, FeatureOverride>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest request body in bytes.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:8080".into(),
+            body_limit_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[models]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsSection {
+    /// A model repository directory or one `.onnx` file.
+    pub path: Option<PathBuf>,
+    /// How often the repository is rescanned (`0s`: never).
+    pub poll_interval: String,
+    /// The model of requests that name none (default: the only one).
+    pub default_model: Option<String>,
+    /// Newest versions of each model to serve.
+    pub latest_versions: usize,
+}
+
+impl Default for ModelsSection {
+    fn default() -> Self {
+        ModelsSection {
+            path: None,
+            poll_interval: "1s".into(),
+            default_model: None,
+            latest_versions: 1,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Prediction store URL (also the feature store unless `features_url`).
+    pub url: String,
+    /// Feature store URL, when features live elsewhere.
+    pub features_url: Option<String>,
+    /// Real-time predictions queued for the store at most.
+    pub write_queue: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            url: "tandem.redb".into(),
+            features_url: None,
+            write_queue: 65_536,
+        }
+    }
+}
+
+/// `[hybrid]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HybridSection {
+    /// `hybrid`, `batch_only` or `realtime_only`.
+    pub mode: String,
+    /// Stored predictions older than this are stale.
+    pub max_staleness: String,
+    /// Time allowed for the real-time path.
+    pub deadline: String,
+    /// The prediction answered when nothing else can.
+    pub default_prediction: Option<f64>,
+    /// Whether predictions made by an older model version are stale.
+    pub stale_on_new_version: bool,
+    /// Most entities in one request.
+    pub max_entities: usize,
+    /// Time allowed for a TF Serving / KServe inference request.
+    pub infer_deadline: String,
+}
+
+impl Default for HybridSection {
+    fn default() -> Self {
+        HybridSection {
+            mode: "hybrid".into(),
+            max_staleness: "1h".into(),
+            deadline: "50ms".into(),
+            default_prediction: None,
+            stale_on_new_version: true,
+            max_entities: 1000,
+            infer_deadline: "1s".into(),
+        }
+    }
+}
+
+/// `[ttl]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtlSection {
+    /// TTL of batch predictions.
+    pub batch: String,
+    /// TTL of real-time predictions written back.
+    pub realtime: String,
+}
+
+impl Default for TtlSection {
+    fn default() -> Self {
+        TtlSection {
+            batch: "24h".into(),
+            realtime: "1h".into(),
+        }
+    }
+}
+
+/// `[memory]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySection {
+    /// Byte budget of the memory tier.
+    pub max_bytes: u64,
+    /// Longest time a record stays in memory.
+    pub max_ttl: String,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        MemorySection {
+            max_bytes: 256 << 20,
+            max_ttl: "60s".into(),
+        }
+    }
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Fallback share from which the service is degraded.
+    pub degraded: f64,
+    /// Fallback share from which it is critical.
+    pub critical: f64,
+    /// Default-answer share from which it is critical.
+    pub critical_default: f64,
+    /// The sliding window.
+    pub window: String,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let t = HealthThresholds::default();
+        HealthSection {
+            degraded: t.degraded,
+            critical: t.critical,
+            critical_default: t.critical_default,
+            window: "60s".into(),
+        }
+    }
+}
+
+/// `[realtime]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeSection {
+    /// Offset of local time from UTC in minutes for the clock features.
+    pub utc_offset_minutes: i64,
+}
+
+/// Flags that override the file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--model`.
+    pub model: Option<PathBuf>,
+    /// `--store`.
+    pub store: Option<String>,
+    /// `--feature-store`.
+    pub feature_store: Option<String>,
+    /// `--listen`.
+    pub listen: Option<String>,
+}
+
+/// Everything `tandem serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// The config as loaded (for the start-up log).
+    pub config: Config,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Model path.
+    pub model_path: PathBuf,
+    /// Poll interval (`None`: never).
+    pub poll_interval: Option<Duration>,
+    /// Engine settings.
+    pub engine: EngineConfig,
+}
+
+fn duration(key: &str, value: &str) -> anyhow::Result<Duration> {
+    parse_duration(value).map_err(|e| anyhow::anyhow!("config key {key}: {e}"))
+}
+
+/// Loads defaults <- `file` <- environment <- flags, and validates.
+pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<ServeSettings> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(f) = file {
+        if !f.is_file() {
+            bail!("config file {} not found", f.display());
+        }
+        fig = fig.merge(Toml::file(f));
+    }
+    fig = fig.merge(Env::prefixed("TANDEM__").split("__"));
+    let mut config: Config = fig
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(&e)))?;
+    if let Some(m) = &flags.model {
+        config.models.path = Some(m.clone());
+    }
+    if let Some(s) = &flags.store {
+        config.store.url = s.clone();
+    }
+    if let Some(s) = &flags.feature_store {
+        config.store.features_url = Some(s.clone());
+    }
+    if let Some(l) = &flags.listen {
+        config.server.listen = l.clone();
+    }
+    validate(config)
+}
+
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("config key {key}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn validate(config: Config) -> anyhow::Result<ServeSettings> {
+    let listen: SocketAddr = config.server.listen.parse().with_context(|| {
+        format!(
+            "config key server.listen: '{}' is not an address such as 127.0.0.1:8080",
+            config.server.listen
+        )
+    })?;
+    if config.server.body_limit_bytes < 1024 {
+        bail!("config key server.body_limit_bytes: must be at least 1024");
+    }
+    let model_path = config
+        .models
+        .path
+        .clone()
+        .context("config key models.path: no model given (use --model PATH or models.path)")?;
+    if !model_path.exists() {
+        bail!(
+            "config key models.path: {} does not exist",
+            model_path.display()
+        );
+    }
+    let poll = duration("models.poll_interval", &config.models.poll_interval)?;
+    if config.models.latest_versions == 0 {
+        bail!("config key models.latest_versions: must be at least 1");
+    }
+    let mode: Mode = config
+        .hybrid
+        .mode
+        .parse()
+        .map_err(|e| anyhow::anyhow!("config key hybrid.mode: {e}"))?;
+    let policy = HybridPolicy {
+        mode,
+        max_staleness: duration("hybrid.max_staleness", &config.hybrid.max_staleness)?,
+        deadline: duration("hybrid.deadline", &config.hybrid.deadline)?,
+    };
+    if let Some(d) = config.hybrid.default_prediction
+        && !d.is_finite()
+    {
+        bail!("config key hybrid.default_prediction: must be a finite number");
+    }
+    if config.hybrid.max_entities == 0 {
+        bail!("config key hybrid.max_entities: must be at least 1");
+    }
+    config
+        .batching
+        .validate()
+        .map_err(|e| anyhow::anyhow!("config key batching.{e}"))?;
+    let health = HealthThresholds {
+        degraded: config.health.degraded,
+        critical: config.health.critical,
+        critical_default: config.health.critical_default,
+    };
+    health
+        .validate()
+        .map_err(|e| anyhow::anyhow!("config key health.{e}"))?;
+    let window = duration("health.window", &config.health.window)?;
+    if window.as_secs() == 0 || window.as_secs() > 3600 {
+        bail!("config key health.window: must be between 1s and 1h");
+    }
+    if config.realtime.utc_offset_minutes.abs() > 18 * 60 {
+        bail!("config key realtime.utc_offset_minutes: must be within +-1080");
+    }
+    let engine = EngineConfig {
+        policy,
+        ttl: TtlPolicy {
+            batch: duration("ttl.batch", &config.ttl.batch)?,
+            realtime: duration("ttl.realtime", &config.ttl.realtime)?,
+        },
+        default_prediction: config.hybrid.default_prediction,
+        batcher: config.batching,
+        health,
+        health_window_secs: window.as_secs(),
+        max_entities: config.hybrid.max_entities,
+        infer_deadline: duration("hybrid.infer_deadline", &config.hybrid.infer_deadline)?,
+        write_queue: config.store.write_queue.max(1),
+        stale_on_new_version: config.hybrid.stale_on_new_version,
+        memory: MemoryTierConfig {
+            max_bytes: config.memory.max_bytes,
+            max_ttl: duration("memory.max_ttl", &config.memory.max_ttl)?,
+        },
+    };
+    Ok(ServeSettings {
+        listen,
+        model_path,
+        poll_interval: (!poll.is_zero()).then_some(poll),
+        engine,
+        config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure type")]
+    fn file_then_env_then_flags_with_keys_named_on_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[hybrid]\ndeadline = \"20ms\"\ndefault_prediction = 0.5\n[batching]\nmax_batch_size = 8\n[models]\npath = \"m.onnx\"\n",
+            )?;
+            jail.create_file("m.onnx", "")?;
+            jail.set_env("TANDEM__HYBRID__MAX_STALENESS", "10m");
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9999".into()),
+                ..Overrides::default()
+            };
+            let s = load(Some(Path::new("t.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(s.engine.policy.deadline, Duration::from_millis(20));
+            assert_eq!(s.engine.policy.max_staleness, Duration::from_secs(600));
+            assert_eq!(s.engine.default_prediction, Some(0.5));
+            assert_eq!(s.engine.batcher.max_batch_size, 8);
+            assert_eq!(s.listen.port(), 9999);
+
+            jail.set_env("TANDEM__HYBRID__DEADLINE", "soon");
+            let e = load(Some(Path::new("t.toml")), &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("hybrid.deadline"), "{e}");
+
+            jail.set_env("TANDEM__HYBRID__DEADLINE", "5ms");
+            jail.set_env("TANDEM__BATCHING__MAX_BATCH", "3");
+            let e = load(Some(Path::new("t.toml")), &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("max_batch"), "{e}");
+            Ok(())
+        });
+    }
+}

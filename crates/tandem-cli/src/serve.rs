@@ -1,0 +1,181 @@
+//! `tandem serve`: the real-time and hybrid HTTP server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use tandem_engine::{Engine, Models};
+use tandem_model::{ModelRepository, VersionPolicy};
+use tandem_server::HttpConfig;
+use tokio::sync::watch;
+
+use crate::config::{self, Overrides};
+
+/// Flags of `tandem serve`; every one also has a config key.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A model repository (`<repo>/<model>/<version>/model.onnx`, polled for
+    /// new versions) or one `.onnx` file [models.path].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Prediction store URL: `PATH.redb`, `redis://HOST:PORT`,
+    /// `redis-cluster://H:P,H:P` [store.url; default tandem.redb].
+    #[arg(long)]
+    store: Option<String>,
+    /// Feature store URL, when features live apart from predictions
+    /// [store.features_url].
+    #[arg(long)]
+    feature_store: Option<String>,
+    /// Address to listen on [server.listen; default 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
+    /// TOML config file; environment variables `TANDEM__SECTION__KEY`
+    /// override it, and flags override both.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let flags = Overrides {
+        model: args.model,
+        store: args.store,
+        feature_store: args.feature_store,
+        listen: args.listen,
+    };
+    let settings = config::load(args.config.as_deref(), &flags)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(settings))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(settings: config::ServeSettings) -> anyhow::Result<()> {
+    let mut logged = settings.config.clone();
+    logged.store.url = tandem_store::config::redact(&logged.store.url);
+    logged.store.features_url = logged
+        .store
+        .features_url
+        .as_deref()
+        .map(tandem_store::config::redact);
+    tracing::info!(config = ?logged, "starting tandem serve");
+
+    let path = settings.model_path.clone();
+    let latest = settings.config.models.latest_versions;
+    let repo = tokio::task::spawn_blocking(move || {
+        ModelRepository::open_path(&path, VersionPolicy::Latest(latest))
+    })
+    .await
+    .context("model loading panicked")?
+    .with_context(|| format!("cannot load models from {}", settings.model_path.display()))?;
+    let models = Models::new(
+        repo,
+        settings.config.features.clone(),
+        settings.config.realtime.utc_offset_minutes * 60,
+        settings.config.models.default_model.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("config: {e}"))?;
+
+    let store = tandem_store::open(&settings.config.store.url).with_context(|| {
+        format!(
+            "cannot open store {}",
+            tandem_store::config::redact(&settings.config.store.url)
+        )
+    })?;
+    let features: Arc<dyn tandem_store::FeatureStore> = match &settings.config.store.features_url {
+        Some(url) => tandem_store::open(url).with_context(|| {
+            format!(
+                "cannot open feature store {}",
+                tandem_store::config::redact(url)
+            )
+        })?,
+        None => store.clone(),
+    };
+    let engine = Arc::new(Engine::new(
+        settings.engine.clone(),
+        models,
+        store,
+        features,
+    ));
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(every) = settings.poll_interval
+        && !engine.models().repository().is_single_file()
+    {
+        tokio::spawn(poll_models(engine.clone(), every, stop_rx.clone()));
+    }
+    println!("tandem serve listening on http://{addr}");
+    tracing::info!(%addr, store = %engine.store_description(), "serving");
+    let http = HttpConfig {
+        body_limit: settings.config.server.body_limit_bytes,
+    };
+    tandem_server::serve(listener, engine.clone(), http, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining requests and store writes");
+        let _ = stop_tx.send(true);
+    })
+    .await
+    .context("server error")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Rescans the model repository every `every`, loading and warming new
+/// versions on a blocking thread before they are swapped in.
+async fn poll_models(
+    engine: Arc<Engine>,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let e = engine.clone();
+        if tokio::task::spawn_blocking(move || e.models().reload())
+            .await
+            .is_err()
+        {
+            tracing::error!("model reload panicked; keeping the current models");
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

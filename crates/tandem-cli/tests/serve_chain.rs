@@ -1,0 +1,411 @@
+//! The real `tandem serve` over HTTP against a real Redis (started here):
+//! every source of the hybrid chain, the native API's requests and errors,
+//! write-back of real-time predictions, and shutdown that drains writes.
+
+mod serve_common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use serve_common::*;
+use tandem_model::Model;
+use tandem_testing::RedisServer;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Redis with features of e0..e99 (materialized) and batch predictions of
+/// e0..e49 (scored by `tandem batch`), both through the real binary.
+fn loaded_redis(dir: &std::path::Path, repo: &std::path::Path) -> RedisServer {
+    let redis = RedisServer::start();
+    let all = dir.join("all.csv");
+    let half = dir.join("half.csv");
+    write_csv(&all, 0..100);
+    write_csv(&half, 0..50);
+    tandem_ok(&["materialize", "--input", s(&all), "--store", &redis.url()]);
+    let model = repo.join("churn/1/model.onnx");
+    tandem_ok(&[
+        "batch",
+        "--model",
+        s(&model),
+        "--input",
+        s(&half),
+        "--store",
+        &redis.url(),
+    ]);
+    redis
+}
+
+/// The value of a RESP bulk-string reply (`None` for a nil reply).
+fn bulk(reply: &str) -> Option<String> {
+    let (head, rest) = reply.split_once("\r\n")?;
+    if head == "$-1" {
+        return None;
+    }
+    Some(rest.trim_end_matches("\r\n").to_string())
+}
+
+/// The number of a RESP integer reply.
+fn int(reply: &str) -> i64 {
+    reply
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or_else(|_| panic!("not an integer reply: {reply:?}"))
+}
+
+fn source(v: &Value) -> &str {
+    v["source"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no source in {v}"))
+}
+
+#[test]
+fn every_source_of_the_fallback_chain_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let redis = loaded_redis(dir.path(), &repo);
+    let model = Model::load(repo.join("churn/1/model.onnx")).unwrap();
+    // A stale batch record for e70 (whose features are then deleted) and
+    // for e71 (features kept).
+    for id in ["e70", "e71"] {
+        let old = json!({"prediction": 0.125, "timestamp": now() - 7200.0, "model": "churn",
+                         "version": 1, "source": "batch"});
+        redis.command(&["SET", &format!("pred:{id}"), &old.to_string()]);
+    }
+    redis.command(&["DEL", "features:e70"]);
+
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", &redis.url()],
+        &[
+            ("TANDEM__HYBRID__DEFAULT_PREDICTION", "-1.5"),
+            ("TANDEM__HYBRID__DEADLINE", "2s"),
+        ],
+    );
+
+    // Batch prediction: from the store, then from memory; the value is the
+    // model's on e1's features.
+    let want = predict(&model, &[features(1), features(60), features(71)]);
+    let a = server.get_ok("/v1/predict/e1");
+    assert_eq!(source(&a), "store", "{a}");
+    assert_eq!(a["prediction"].as_f64().unwrap(), want[0]);
+    assert_eq!(a["model"], "churn");
+    assert_eq!(a["version"], 1);
+    assert!(a["warnings"].as_array().unwrap().is_empty());
+    assert!(a["age_ms"].as_u64().unwrap() < 600_000);
+    let a = server.get_ok("/v1/predict/e1");
+    assert_eq!(source(&a), "memory", "{a}");
+    assert_eq!(a["prediction"].as_f64().unwrap(), want[0]);
+
+    // No prediction, features stored: computed in real time, written back.
+    let a = server.get_ok("/v1/predict/e60");
+    assert_eq!(source(&a), "realtime", "{a}");
+    assert_eq!(a["prediction"].as_f64().unwrap(), want[1]);
+    assert_eq!(a["age_ms"], 0);
+    server.wait_for(10, "write-back of e60", || {
+        int(&redis.command(&["EXISTS", "pred:e60"])) == 1
+    });
+    let stored: Value =
+        serde_json::from_str(&bulk(&redis.command(&["GET", "pred:e60"])).unwrap()).unwrap();
+    assert_eq!(stored["source"], "realtime");
+    assert_eq!(stored["prediction"].as_f64().unwrap(), want[1]);
+    let ttl = int(&redis.command(&["TTL", "pred:e60"]));
+    assert!(
+        (3000..=3600).contains(&ttl),
+        "real-time TTL is 1h, got {ttl}"
+    );
+    assert_eq!(source(&server.get_ok("/v1/predict/e60")), "memory");
+
+    // A stale record and no features: the stale record, flagged.
+    let a = server.get_ok("/v1/predict/e70");
+    assert_eq!(source(&a), "stale", "{a}");
+    assert_eq!(a["prediction"], 0.125);
+    assert!(a["age_ms"].as_u64().unwrap() >= 7_200_000);
+    let w = a["warnings"].to_string();
+    assert!(
+        w.contains("stale") && w.contains("no stored features"),
+        "{w}"
+    );
+
+    // A stale record but features: hybrid recomputes...
+    let a = server.get_ok("/v1/predict/e71");
+    assert_eq!(source(&a), "realtime", "{a}");
+    assert_eq!(a["prediction"].as_f64().unwrap(), want[2]);
+    // ... and with a generous staleness bound the old record is fresh.
+    redis.command(&[
+        "SET",
+        "pred:e72",
+        &json!({"prediction": 0.5, "timestamp": now() - 7200.0}).to_string(),
+    ]);
+    let a = server.get_ok("/v1/predict/e72?max_staleness=3h");
+    assert_eq!(source(&a), "store", "{a}");
+    assert_eq!(
+        a["model"], "churn",
+        "a reference-design record is the served model's"
+    );
+
+    // A deadline of zero cannot compute: the stale record answers.
+    redis.command(&[
+        "SET",
+        "pred:e73",
+        &json!({"prediction": 0.25, "timestamp": now() - 7200.0}).to_string(),
+    ]);
+    let a = server.get_ok("/v1/predict/e73?deadline_ms=0");
+    assert_eq!(source(&a), "stale", "{a}");
+    assert!(a["warnings"].to_string().contains("deadline"), "{a}");
+
+    // batch_only never computes: e61 has features but no prediction.
+    let a = server.get_ok("/v1/predict/e61?mode=batch_only");
+    assert_eq!(source(&a), "default", "{a}");
+    assert_eq!(a["prediction"], -1.5);
+    assert_eq!(int(&redis.command(&["EXISTS", "pred:e61"])), 0);
+
+    // realtime_only computes even when a fresh batch prediction exists.
+    let a = server.get_ok("/v1/predict/e2?mode=realtime_only");
+    assert_eq!(source(&a), "realtime", "{a}");
+    assert_eq!(
+        a["prediction"].as_f64().unwrap(),
+        predict(&model, &[features(2)])[0]
+    );
+
+    // Nothing known about the entity: 404 in the native error shape.
+    let r = server.get("/v1/predict/ghost");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error_type"], "unknown_entity");
+
+    // Many entities, with context: context overrides stored features and
+    // makes an unknown entity computable; per-entity errors stay per entity.
+    let ctx: serde_json::Map<String, Value> = (0..WIDTH)
+        .map(|f| (format!("f{f}"), json!(value(500, f))))
+        .collect();
+    let body = json!({"entities": ["e3", {"entity_id": "new", "context": ctx}, "ghost", {"entity_id": "e4", "context": {"f0": 4.5}}]});
+    let r = server.post("/v1/predict", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = r.json()["predictions"].as_array().unwrap().clone();
+    assert_eq!(p.len(), 4);
+    assert_eq!(p[0]["entity_id"], "e3");
+    assert!(matches!(source(&p[0]), "store" | "memory"));
+    assert_eq!(source(&p[1]), "realtime");
+    assert_eq!(
+        p[1]["prediction"].as_f64().unwrap(),
+        predict(&model, &[features(500)])[0]
+    );
+    assert_eq!(p[2]["error_type"], "unknown_entity");
+    // e4 has a fresh batch prediction, which answers (context does not
+    // force a recompute in hybrid mode).
+    assert!(matches!(source(&p[3]), "store" | "memory"), "{}", p[3]);
+    let mut e4 = features(4);
+    e4[0] = 4.5;
+    let r = server.post(
+        "/v1/predict",
+        &json!({"mode": "realtime_only", "entities": [{"entity_id": "e4", "context": {"f0": 4.5}}]}).to_string(),
+    );
+    let p = &r.json()["predictions"][0];
+    assert_eq!(source(p), "realtime");
+    assert_eq!(p["prediction"].as_f64().unwrap(), predict(&model, &[e4])[0]);
+
+    // Missing features take the default and say so.
+    redis.command(&["SET", "features:e90", r#"{"f0": 1.0, "f1": 2.0}"#]);
+    let a = server.get_ok("/v1/predict/e90?mode=realtime_only");
+    assert!(
+        a["warnings"].to_string().contains("6 feature(s) missing"),
+        "{a}"
+    );
+    let mut row = vec![0.0f32; WIDTH];
+    row[0] = 1.0;
+    row[1] = 2.0;
+    assert_eq!(
+        a["prediction"].as_f64().unwrap(),
+        predict(&model, &[row])[0]
+    );
+
+    // The stats count every source.
+    let st = server.get_ok("/v1/stats");
+    for src in ["memory", "store", "realtime", "stale", "default"] {
+        assert!(st["answers"][src].as_u64().unwrap() >= 1, "{src}: {st}");
+    }
+    assert!(st["tiers"]["store"]["hits"].as_u64().unwrap() >= 2, "{st}");
+    assert!(st["defaults_filled"].as_u64().unwrap() >= 6, "{st}");
+    // 3 fallbacks (2 stale, 1 default) out of 15 answers: 20%, degraded.
+    assert_eq!(st["answers"]["stale"], 2, "{st}");
+    assert_eq!(st["answers"]["default"], 1, "{st}");
+    assert_eq!(st["health"]["status"], "degraded", "{st}");
+    assert!(
+        st["health"]["reason"].as_str().unwrap().contains("20.0%"),
+        "{st}"
+    );
+
+    // SIGTERM: exits 0.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn native_api_rejects_bad_requests_with_4xx_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let store = dir.path().join("t.redb");
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", s(&store)],
+        &[
+            ("TANDEM__HYBRID__MAX_ENTITIES", "3"),
+            ("TANDEM__SERVER__BODY_LIMIT_BYTES", "2048"),
+        ],
+    );
+    let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
+        ("GET", "/v1/predict/e1?mode=fast", None, 400, "mode 'fast'"),
+        (
+            "GET",
+            "/v1/predict/e1?max_staleness=soon",
+            None,
+            400,
+            "max_staleness",
+        ),
+        (
+            "GET",
+            "/v1/predict/e1?deadline_ms=-4",
+            None,
+            400,
+            "deadline_ms",
+        ),
+        ("GET", "/v1/predict/e1?colour=red", None, 400, "colour"),
+        (
+            "GET",
+            "/v1/predict/e1?model=nope",
+            None,
+            404,
+            "unknown model",
+        ),
+        ("GET", "/v1/predict/e1?version=7", None, 404, "version 7"),
+        ("GET", "/v1/predict/e1?label=canary", None, 404, "canary"),
+        (
+            "GET",
+            "/v1/predict/e1?version=1&label=x",
+            None,
+            400,
+            "not both",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some("{\"entities\": [".into()),
+            400,
+            "invalid request body",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some("[1,2]".into()),
+            400,
+            "invalid request body",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some(r#"{"entities": []}"#.into()),
+            400,
+            "no entities",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some(r#"{"entities": ["a","b","c","d"]}"#.into()),
+            400,
+            "limit is 3",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some(r#"{"entities": [""]}"#.into()),
+            400,
+            "1 to 512 bytes",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some(r#"{"entities": [{"entity_id": "a", "context": {"f0": "x"}}]}"#.into()),
+            400,
+            "not a number",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some(r#"{"entities": ["a"], "max_staleness": -3}"#.into()),
+            400,
+            "max_staleness",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some(r#"{"entities": ["a"], "extra": 1}"#.into()),
+            400,
+            "extra",
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            Some(format!("{{\"entities\": [\"{}\"]}}", "x".repeat(4000))),
+            413,
+            "",
+        ),
+        ("GET", "/v1/nowhere", None, 404, "no such route"),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let r = server.request(
+            method,
+            path,
+            body.as_deref().map(str::as_bytes),
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(r.status, status, "{method} {path} {body:?}: {}", r.body);
+        if status != 413 {
+            let v = r.json();
+            let msg = v["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no error in {v}"));
+            assert!(msg.contains(needle), "{method} {path}: {msg}");
+            assert!(v["error_type"].is_string(), "{v}");
+        }
+    }
+    // Nothing went wrong inside: the server still answers.
+    assert_eq!(server.get("/livez").status, 200);
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn sigterm_drains_pending_store_writes_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let store = dir.path().join("t.redb");
+    let csv = dir.path().join("f.csv");
+    write_csv(&csv, 0..200);
+    tandem_ok(&["materialize", "--input", s(&csv), "--store", s(&store)]);
+    let server = Serve::start(&["--model", s(&repo), "--store", s(&store)], &[]);
+    let ids: Vec<String> = (0..200).map(|i| format!("e{i}")).collect();
+    for chunk in ids.chunks(100) {
+        let r = server.post("/v1/predict", &json!({"entities": chunk}).to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+        for p in r.json()["predictions"].as_array().unwrap() {
+            assert_eq!(p["source"], "realtime", "{p}");
+        }
+    }
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    // Every computed prediction reached the store before the exit.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let st = tandem_store::open(s(&store)).unwrap();
+    let got = rt.block_on(st.get_predictions(&ids)).unwrap();
+    let missing = got.iter().filter(|r| r.is_err()).count();
+    assert_eq!(
+        missing, 0,
+        "{missing} real-time predictions were lost at shutdown"
+    );
+    assert!(
+        got.iter()
+            .all(|r| r.as_ref().unwrap().source == tandem_core::PredictionSource::Realtime)
+    );
+}

@@ -1,0 +1,722 @@
+//! The request path every transport shares: the hybrid policy and its
+//! degradation chain for entity requests, and plain tensor inference for the
+//! TF Serving and KServe protocols.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tandem_core::digest::feature_digest;
+use tandem_core::{
+    AnswerSource, FeatureBatch, FeatureRow, FeatureSchema, HealthThresholds, HybridPolicy, Mode,
+    PredictionRecord, PredictionSource, TtlPolicy, unix_seconds,
+};
+use tandem_model::{Model, OutputTensor, VersionSpec};
+use tandem_store::{
+    FeatureStore, MemoryTier, MemoryTierConfig, PredictionEntry, Store, StoreError, Tier,
+    TierLookup, TieredPredictions,
+};
+use tokio::time::timeout_at;
+
+use crate::batcher::{Batcher, BatcherConfig, Output, Runner, Want};
+use crate::error::EngineError;
+use crate::models::Models;
+use crate::stats::Stats;
+use crate::writeback::WriteBack;
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// The policy of requests that do not say otherwise.
+    pub policy: HybridPolicy,
+    /// TTLs of stored predictions.
+    pub ttl: TtlPolicy,
+    /// The prediction answered when nothing else can (flagged `default`);
+    /// `None`: such requests fail with 503.
+    pub default_prediction: Option<f64>,
+    /// The model request batcher.
+    pub batcher: BatcherConfig,
+    /// Health thresholds.
+    pub health: HealthThresholds,
+    /// Length of the health window in seconds.
+    pub health_window_secs: u64,
+    /// Most entities in one request.
+    pub max_entities: usize,
+    /// Time allowed for one tensor inference request.
+    pub infer_deadline: Duration,
+    /// Room in the store write-back queue.
+    pub write_queue: usize,
+    /// Whether a stored prediction made by an older version of the model is
+    /// stale.
+    pub stale_on_new_version: bool,
+    /// The memory tier.
+    pub memory: MemoryTierConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            policy: HybridPolicy::default(),
+            ttl: TtlPolicy::default(),
+            default_prediction: None,
+            batcher: BatcherConfig::default(),
+            health: HealthThresholds::default(),
+            health_window_secs: 60,
+            max_entities: 1000,
+            infer_deadline: Duration::from_secs(1),
+            write_queue: 65_536,
+            stale_on_new_version: true,
+            memory: MemoryTierConfig::default(),
+        }
+    }
+}
+
+/// One entity of a request, with optional context features.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntityQuery {
+    /// Entity id.
+    pub entity: String,
+    /// Feature values sent by the caller (override stored ones).
+    pub context: Option<BTreeMap<String, f64>>,
+}
+
+/// An entity request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictRequest {
+    /// Model name; `None`: the default model.
+    pub model: Option<String>,
+    /// Which version.
+    pub version: VersionSpec,
+    /// The entities.
+    pub entities: Vec<EntityQuery>,
+    /// Mode; `None`: the configured one.
+    pub mode: Option<Mode>,
+    /// Staleness bound; `None`: the configured one.
+    pub max_staleness: Option<Duration>,
+    /// Deadline of the real-time path; `None`: the configured one.
+    pub deadline: Option<Duration>,
+}
+
+/// The answer for one entity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// Entity id.
+    #[serde(rename = "entity_id")]
+    pub entity: String,
+    /// The prediction.
+    pub prediction: f64,
+    /// Every value of a vector prediction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<f64>>,
+    /// Where it came from.
+    pub source: AnswerSource,
+    /// Model name.
+    pub model: Arc<str>,
+    /// Model version.
+    pub version: u64,
+    /// When it was computed (Unix seconds).
+    pub computed_at: f64,
+    /// Its age at answer time in milliseconds.
+    pub age_ms: u64,
+    /// What went wrong on the way, if anything.
+    pub warnings: Vec<String>,
+}
+
+/// A tensor inference result.
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    /// The model version that ran.
+    pub model: Arc<Model>,
+    /// Every output.
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// The service.
+pub struct Engine {
+    config: EngineConfig,
+    models: Models,
+    tiers: TieredPredictions,
+    store: Arc<dyn Store>,
+    features: Arc<dyn FeatureStore>,
+    batcher: Batcher,
+    writer: WriteBack,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the chain knows about one entity while answering.
+#[derive(Default)]
+struct Pending {
+    stale: Option<PredictionRecord>,
+    reasons: Vec<String>,
+    warnings: Vec<String>,
+    /// Whether the feature store answered that it holds nothing for the
+    /// entity (and no context was given): an unknown entity unless a
+    /// prediction is stored.
+    unknown: bool,
+    overloaded: bool,
+}
+
+impl Engine {
+    /// Builds the engine; must run inside a tokio runtime (it starts the
+    /// store writer). `features` may be `store` itself.
+    pub fn new(
+        config: EngineConfig,
+        models: Models,
+        store: Arc<dyn Store>,
+        features: Arc<dyn FeatureStore>,
+    ) -> Engine {
+        let stats = Arc::new(Stats::new(config.health_window_secs, config.health));
+        let memory = MemoryTier::new(config.memory);
+        let store_preds: Arc<dyn tandem_store::PredictionStore> = store.clone();
+        let tiers = TieredPredictions::new(memory, store_preds.clone());
+        let writer = WriteBack::start(store_preds, config.write_queue, stats.clone());
+        let batcher = Batcher::start(config.batcher);
+        Engine {
+            config,
+            models,
+            tiers,
+            store,
+            features,
+            batcher,
+            writer,
+            stats,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The served models.
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
+    /// Answer counts and health.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The tiered prediction reads (for their counters).
+    pub fn tiers(&self) -> &TieredPredictions {
+        &self.tiers
+    }
+
+    /// The model batcher (for its queue depth).
+    pub fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+
+    /// Real-time predictions waiting to be written to the store.
+    pub fn pending_writes(&self) -> usize {
+        self.writer.pending()
+    }
+
+    /// The store, described.
+    pub fn store_description(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Whether the service can answer: a model is loaded and the store
+    /// answers a ping within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), String> {
+        if self.models.names().is_empty() {
+            return Err("no model loaded".into());
+        }
+        match tokio::time::timeout(timeout, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("store did not answer a ping within {timeout:?}")),
+        }
+    }
+
+    /// Stops taking store writes and waits for the queued ones.
+    pub async fn flush(&self) {
+        self.writer.flush().await;
+    }
+
+    /// Answers an entity request: one result per entity, in order. The
+    /// outer error is for the request as a whole (bad input, unknown model).
+    pub async fn predict(
+        &self,
+        req: PredictRequest,
+    ) -> Result<Vec<Result<Answer, EngineError>>, EngineError> {
+        self.validate(&req)?;
+        let name = self.models.resolve_name(req.model.as_deref())?;
+        let (model, schema) = self.models.get(&name, &req.version)?;
+        let explicit_version = !matches!(req.version, VersionSpec::Latest);
+        let policy = HybridPolicy {
+            mode: req.mode.unwrap_or(self.config.policy.mode),
+            max_staleness: req
+                .max_staleness
+                .unwrap_or(self.config.policy.max_staleness),
+            deadline: req.deadline.unwrap_or(self.config.policy.deadline),
+        };
+        let started = Instant::now();
+        let deadline_at = tokio::time::Instant::from_std(started + policy.deadline);
+        let now = SystemTime::now();
+        let n = req.entities.len();
+        let ids: Vec<String> = req.entities.iter().map(|e| e.entity.clone()).collect();
+        let mut answers: Vec<Option<Result<Answer, EngineError>>> = vec![None; n];
+        let mut pending: Vec<Pending> = (0..n).map(|_| Pending::default()).collect();
+
+        let look_up = |pending: &mut Vec<Pending>,
+                       answers: &mut Vec<Option<Result<Answer, EngineError>>>,
+                       found: Vec<TierLookup>| {
+            for (i, l) in found.into_iter().enumerate() {
+                let p = &mut pending[i];
+                match l {
+                    TierLookup::Fresh { record, tier } => {
+                        match self.judge(&record, &model, explicit_version) {
+                            Verdict::Serve => {
+                                let mut record = record;
+                                if record.model.is_empty() {
+                                    record.model = Arc::from(model.name());
+                                }
+                                let source = match tier {
+                                    Tier::Memory => AnswerSource::Memory,
+                                    Tier::Store => AnswerSource::Store,
+                                };
+                                answers[i] =
+                                    Some(Ok(answer(&ids[i], &record, source, now, vec![])));
+                            }
+                            Verdict::Stale(why) => {
+                                p.warnings.push(why);
+                                p.stale = Some(record);
+                            }
+                            Verdict::Ignore => {}
+                        }
+                    }
+                    TierLookup::Stale { record, .. } => {
+                        match self.judge(&record, &model, explicit_version) {
+                            Verdict::Serve | Verdict::Stale(_) => p.stale = Some(record),
+                            Verdict::Ignore => {}
+                        }
+                    }
+                    TierLookup::Miss => {}
+                    TierLookup::Failed(e) => {
+                        p.reasons.push(format!("prediction lookup failed: {e}"));
+                    }
+                }
+            }
+        };
+
+        if policy.mode != Mode::RealtimeOnly {
+            let found = self.tiers.get(&ids, policy.max_staleness, now).await;
+            look_up(&mut pending, &mut answers, found);
+        }
+
+        let need: Vec<usize> = (0..n).filter(|&i| answers[i].is_none()).collect();
+        if policy.mode != Mode::BatchOnly && !need.is_empty() {
+            self.compute(
+                &model,
+                schema.as_deref(),
+                &req.entities,
+                &need,
+                now,
+                deadline_at,
+                &mut answers,
+                &mut pending,
+            )
+            .await;
+        }
+
+        // realtime_only looks stored predictions up only when computing failed.
+        if policy.mode == Mode::RealtimeOnly {
+            let failed: Vec<usize> = (0..n).filter(|&i| answers[i].is_none()).collect();
+            if !failed.is_empty() {
+                let ids_failed: Vec<String> = failed.iter().map(|&i| ids[i].clone()).collect();
+                let found = self.tiers.get(&ids_failed, policy.max_staleness, now).await;
+                let mut sub_pending: Vec<Pending> =
+                    failed.iter().map(|_| Pending::default()).collect();
+                let mut sub_answers: Vec<Option<Result<Answer, EngineError>>> =
+                    vec![None; failed.len()];
+                look_up(&mut sub_pending, &mut sub_answers, found);
+                for (k, &i) in failed.iter().enumerate() {
+                    let sp = &mut sub_pending[k];
+                    let p = &mut pending[i];
+                    p.reasons.append(&mut sp.reasons);
+                    p.warnings.append(&mut sp.warnings);
+                    p.stale = sp.stale.take().or_else(|| match sub_answers[k].take() {
+                        // A fresh stored prediction is still only a
+                        // fallback when real time was asked for.
+                        Some(Ok(a)) => Some(PredictionRecord {
+                            prediction: a.prediction,
+                            timestamp: a.computed_at,
+                            values: a.values,
+                            model: a.model,
+                            version: a.version,
+                            source: PredictionSource::Batch,
+                            run_id: None,
+                            digest: None,
+                        }),
+                        _ => None,
+                    });
+                }
+            }
+        }
+
+        let out: Vec<Result<Answer, EngineError>> = answers
+            .into_iter()
+            .zip(pending)
+            .enumerate()
+            .map(|(i, (a, p))| match a {
+                Some(a) => a,
+                None => self.fall_back(&ids[i], &model, p, now, policy.mode),
+            })
+            .collect();
+        for a in &out {
+            match a {
+                Ok(a) => self.stats.answer(a.source),
+                Err(_) => self.stats.error(),
+            }
+        }
+        Ok(out)
+    }
+
+    fn validate(&self, req: &PredictRequest) -> Result<(), EngineError> {
+        if req.entities.is_empty() {
+            return Err(EngineError::InvalidInput("no entities given".into()));
+        }
+        if req.entities.len() > self.config.max_entities {
+            return Err(EngineError::InvalidInput(format!(
+                "{} entities in one request; the limit is {}",
+                req.entities.len(),
+                self.config.max_entities
+            )));
+        }
+        for e in &req.entities {
+            if e.entity.is_empty() || e.entity.len() > 512 {
+                return Err(EngineError::InvalidInput(format!(
+                    "entity ids must be 1 to 512 bytes long (got {} bytes)",
+                    e.entity.len()
+                )));
+            }
+            if let Some(ctx) = &e.context
+                && let Some((k, v)) = ctx.iter().find(|(_, v)| !v.is_finite())
+            {
+                return Err(EngineError::InvalidInput(format!(
+                    "context feature '{k}' of entity '{}' is {v}; context values must be finite numbers",
+                    e.entity
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn judge(&self, record: &PredictionRecord, model: &Model, explicit: bool) -> Verdict {
+        if !record.model.is_empty() && &*record.model != model.name() {
+            return Verdict::Ignore;
+        }
+        if record.version == 0 || record.version == model.version() {
+            return Verdict::Serve;
+        }
+        if explicit || (self.config.stale_on_new_version && record.version < model.version()) {
+            return Verdict::Stale(format!(
+                "stored prediction was made by version {}, not {}",
+                record.version,
+                model.version()
+            ));
+        }
+        Verdict::Serve
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one private step of predict")]
+    async fn compute(
+        &self,
+        model: &Arc<Model>,
+        schema: Option<&FeatureSchema>,
+        entities: &[EntityQuery],
+        need: &[usize],
+        now: SystemTime,
+        deadline_at: tokio::time::Instant,
+        answers: &mut [Option<Result<Answer, EngineError>>],
+        pending: &mut [Pending],
+    ) {
+        let Some(schema) = schema else {
+            let e = EngineError::NoSchema(model.name().to_string());
+            for &i in need {
+                pending[i].reasons.push(e.to_string());
+            }
+            return;
+        };
+        // A timer fires on its next tick, not at once: a deadline already
+        // past must not leave time for a fast store or model.
+        if tokio::time::Instant::now() >= deadline_at {
+            for &i in need {
+                pending[i]
+                    .reasons
+                    .push("deadline passed before real-time compute started".into());
+            }
+            return;
+        }
+        let stored: Option<Vec<Result<FeatureRow, StoreError>>> = if schema.needs_store() {
+            let ids: Vec<String> = need.iter().map(|&i| entities[i].entity.clone()).collect();
+            match timeout_at(deadline_at, self.features.get_features(&ids)).await {
+                Ok(Ok(rows)) => Some(rows),
+                Ok(Err(e)) => {
+                    for &i in need {
+                        pending[i]
+                            .reasons
+                            .push(format!("feature lookup failed: {e}"));
+                    }
+                    return;
+                }
+                Err(_) => {
+                    for &i in need {
+                        pending[i]
+                            .reasons
+                            .push("deadline passed while reading features".into());
+                    }
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let width = schema.width();
+        let mut values: Vec<f32> = Vec::with_capacity(width * need.len());
+        let mut rows: Vec<usize> = Vec::with_capacity(need.len());
+        let mut missing = Vec::new();
+        for (k, &i) in need.iter().enumerate() {
+            let q = &entities[i];
+            let row = match stored.as_ref().map(|s| &s[k]) {
+                None => None,
+                Some(Ok(r)) => Some(r),
+                Some(Err(e)) if e.is_not_found() => None,
+                Some(Err(e)) => {
+                    pending[i]
+                        .reasons
+                        .push(format!("stored features unreadable: {e}"));
+                    continue;
+                }
+            };
+            if row.is_none() && q.context.is_none() && schema.needs_store() {
+                pending[i].unknown = true;
+                pending[i].reasons.push("no stored features".into());
+                continue;
+            }
+            missing.clear();
+            schema.assemble(row, q.context.as_ref(), now, &mut values, &mut missing);
+            if !missing.is_empty() {
+                self.stats.defaults_filled(missing.len());
+                pending[i].warnings.push(format!(
+                    "{} feature(s) missing, schema default used: {}",
+                    missing.len(),
+                    missing.join(", ")
+                ));
+            }
+            rows.push(i);
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let runner: Arc<dyn Runner> = model.clone();
+        let done = timeout_at(
+            deadline_at,
+            self.batcher
+                .submit(runner, values.clone(), Want::Predictions),
+        )
+        .await;
+        let predictions = match done {
+            Ok(Ok(done)) => match done.output {
+                Output::Predictions(p) => p,
+                Output::Outputs(_) => {
+                    for &i in &rows {
+                        pending[i]
+                            .reasons
+                            .push("model returned the wrong kind".into());
+                    }
+                    return;
+                }
+            },
+            Ok(Err(e)) => {
+                for &i in &rows {
+                    if matches!(e, EngineError::Overloaded { .. }) {
+                        pending[i].overloaded = true;
+                    }
+                    pending[i].reasons.push(e.to_string());
+                }
+                return;
+            }
+            Err(_) => {
+                for &i in &rows {
+                    pending[i]
+                        .reasons
+                        .push("deadline passed before the model answered".into());
+                }
+                return;
+            }
+        };
+        let name: Arc<str> = Arc::from(model.name());
+        let ts = unix_seconds(now);
+        let mut entries = Vec::with_capacity(rows.len());
+        for (k, &i) in rows.iter().enumerate() {
+            let row = predictions.row(k);
+            let record = PredictionRecord {
+                prediction: f64::from(row[0]),
+                timestamp: ts,
+                values: (row.len() > 1).then(|| row.iter().map(|&v| f64::from(v)).collect()),
+                model: name.clone(),
+                version: model.version(),
+                source: PredictionSource::Realtime,
+                run_id: None,
+                digest: Some(Arc::from(feature_digest(
+                    &values[k * width..(k + 1) * width],
+                ))),
+            };
+            let warnings = std::mem::take(&mut pending[i].warnings);
+            answers[i] = Some(Ok(answer(
+                &entities[i].entity,
+                &record,
+                AnswerSource::Realtime,
+                now,
+                warnings,
+            )));
+            entries.push(PredictionEntry {
+                entity: entities[i].entity.clone(),
+                record,
+                ttl: self.config.ttl.realtime,
+            });
+        }
+        for e in entries {
+            self.tiers
+                .memory()
+                .insert(&e.entity, e.record.clone(), e.ttl);
+            if !self.writer.push(e) {
+                self.stats.write_dropped();
+            }
+        }
+    }
+
+    fn fall_back(
+        &self,
+        entity: &str,
+        model: &Model,
+        p: Pending,
+        now: SystemTime,
+        mode: Mode,
+    ) -> Result<Answer, EngineError> {
+        let mut warnings = p.warnings;
+        warnings.extend(p.reasons.iter().cloned());
+        if let Some(record) = p.stale {
+            warnings.push(format!(
+                "stale: stored prediction is {} ms old",
+                record.age(now).as_millis()
+            ));
+            return Ok(answer(entity, &record, AnswerSource::Stale, now, warnings));
+        }
+        if p.unknown {
+            return Err(EngineError::UnknownEntity(entity.to_string()));
+        }
+        if p.overloaded {
+            return Err(EngineError::Overloaded {
+                queued: self.batcher.capacity(),
+            });
+        }
+        match self.config.default_prediction {
+            Some(d) => {
+                warnings.push("default prediction: nothing better was available".into());
+                let record = PredictionRecord {
+                    prediction: d,
+                    timestamp: unix_seconds(now),
+                    values: None,
+                    model: Arc::from(model.name()),
+                    version: model.version(),
+                    source: PredictionSource::Default,
+                    run_id: None,
+                    digest: None,
+                };
+                Ok(answer(
+                    entity,
+                    &record,
+                    AnswerSource::Default,
+                    now,
+                    warnings,
+                ))
+            }
+            None => Err(EngineError::NoPrediction {
+                entity: entity.to_string(),
+                reason: if warnings.is_empty() {
+                    format!("nothing stored and mode {} does not compute", mode.as_str())
+                } else {
+                    warnings.join("; ")
+                },
+            }),
+        }
+    }
+
+    /// Runs raw rows through a model (TF Serving and KServe requests) via
+    /// the batcher, within `deadline` (`None`: the configured one).
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: &VersionSpec,
+        batch: FeatureBatch,
+        deadline: Option<Duration>,
+    ) -> Result<Inferred, EngineError> {
+        self.stats.infer();
+        let model = self.models.repository().get(model, version)?;
+        if batch.width() != model.width() {
+            return Err(EngineError::InvalidInput(format!(
+                "the model takes {} features per row, got {}",
+                model.width(),
+                batch.width()
+            )));
+        }
+        if batch.rows() == 0 {
+            return Err(EngineError::InvalidInput("no rows given".into()));
+        }
+        let deadline = deadline.unwrap_or(self.config.infer_deadline);
+        let runner: Arc<dyn Runner> = model.clone();
+        let done = tokio::time::timeout(
+            deadline,
+            self.batcher
+                .submit(runner, batch.into_values(), Want::Outputs),
+        )
+        .await
+        .map_err(|_| EngineError::DeadlineExceeded(deadline))??;
+        match done.output {
+            Output::Outputs(outputs) => Ok(Inferred { model, outputs }),
+            Output::Predictions(_) => {
+                Err(EngineError::Model("model returned the wrong kind".into()))
+            }
+        }
+    }
+}
+
+enum Verdict {
+    Serve,
+    Stale(String),
+    Ignore,
+}
+
+fn answer(
+    entity: &str,
+    record: &PredictionRecord,
+    source: AnswerSource,
+    now: SystemTime,
+    warnings: Vec<String>,
+) -> Answer {
+    Answer {
+        entity: entity.to_string(),
+        prediction: record.prediction,
+        values: record.values.clone(),
+        source,
+        model: record.model.clone(),
+        version: record.version,
+        computed_at: record.timestamp,
+        age_ms: u64::try_from(record.age(now).as_millis()).unwrap_or(u64::MAX),
+        warnings,
+    }
+}
