@@ -97,6 +97,9 @@ pub struct StoreSection {
     pub features_url: Option<String>,
     /// Real-time predictions queued for the store at most.
     pub write_queue: usize,
+    /// Merged reads in flight per kind (features, predictions); 0 turns
+    /// merging of concurrent requests' reads off.
+    pub reads_in_flight: usize,
 }
 
 impl Default for StoreSection {
@@ -105,6 +108,7 @@ impl Default for StoreSection {
             url: "tandem.redb".into(),
             features_url: None,
             write_queue: 65_536,
+            reads_in_flight: 4,
         }
     }
 }
@@ -370,6 +374,7 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
             max_bytes: config.memory.max_bytes,
             max_ttl: duration("memory.max_ttl", &config.memory.max_ttl)?,
         },
+        store_reads_in_flight: config.store.reads_in_flight,
     };
     Ok(ServeSettings {
         listen,

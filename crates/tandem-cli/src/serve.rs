@@ -94,14 +94,14 @@ async fn run(settings: config::ServeSettings) -> anyhow::Result<()> {
             tandem_store::config::redact(&settings.config.store.url)
         )
     })?;
-    let features: Arc<dyn tandem_store::FeatureStore> = match &settings.config.store.features_url {
-        Some(url) => tandem_store::open(url).with_context(|| {
+    let features = match &settings.config.store.features_url {
+        Some(url) => Some(tandem_store::open(url).with_context(|| {
             format!(
                 "cannot open feature store {}",
                 tandem_store::config::redact(url)
             )
-        })?,
-        None => store.clone(),
+        })?),
+        None => None,
     };
     let engine = Arc::new(Engine::new(
         settings.engine.clone(),

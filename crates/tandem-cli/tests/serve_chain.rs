@@ -248,12 +248,20 @@ fn every_source_of_the_fallback_chain_over_http() {
 fn native_api_rejects_bad_requests_with_4xx_json() {
     let dir = tempfile::tempdir().unwrap();
     let repo = churn_repo(dir.path());
+    // A model without feature names cannot serve entities.
+    std::fs::create_dir_all(repo.join("nameless/1")).unwrap();
+    std::fs::copy(
+        fixture("xgboost_regressor").join("model.onnx"),
+        repo.join("nameless/1/model.onnx"),
+    )
+    .unwrap();
     let store = dir.path().join("t.redb");
     let server = Serve::start(
         &["--model", s(&repo), "--store", s(&store)],
         &[
             ("TANDEM__HYBRID__MAX_ENTITIES", "3"),
             ("TANDEM__SERVER__BODY_LIMIT_BYTES", "2048"),
+            ("TANDEM__MODELS__DEFAULT_MODEL", "churn"),
         ],
     );
     let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
@@ -353,6 +361,13 @@ fn native_api_rejects_bad_requests_with_4xx_json() {
             "",
         ),
         ("GET", "/v1/nowhere", None, 404, "no such route"),
+        (
+            "GET",
+            "/v1/predict/e1?model=nameless",
+            None,
+            400,
+            "no feature names",
+        ),
     ];
     for (method, path, body, status, needle) in cases {
         let r = server.request(

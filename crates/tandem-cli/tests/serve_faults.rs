@@ -267,7 +267,7 @@ fn redis_killed_under_load_degrades_without_errors_and_recovers() {
 }
 
 #[test]
-fn a_model_busy_past_the_deadline_falls_back_to_the_stale_prediction() {
+fn a_busy_model_falls_back_to_stale_past_the_deadline_and_refuses_when_full() {
     let dir = tempfile::tempdir().unwrap();
     let repo = churn_repo(dir.path());
     let store = dir.path().join("t.redb");
@@ -291,6 +291,7 @@ fn a_model_busy_past_the_deadline_falls_back_to_the_stale_prediction() {
         &[
             ("TANDEM__SERVER__BODY_LIMIT_BYTES", "67108864"),
             ("TANDEM__HYBRID__INFER_DEADLINE", "10m"),
+            ("TANDEM__BATCHING__MAX_ENQUEUED", "1"),
         ],
     ));
     let input = tandem_model::Model::load(repo.join("churn/1/model.onnx"))
@@ -325,6 +326,20 @@ fn a_model_busy_past_the_deadline_falls_back_to_the_stale_prediction() {
     });
     thread::sleep(Duration::from_millis(50));
     let a = server.get_ok("/v1/predict/e3?mode=realtime_only&deadline_ms=20");
+    // The abandoned request still holds the one queue slot until the model
+    // thread is free: more work is refused with 429 and Retry-After, on
+    // every protocol, unless a stale prediction can answer.
+    let one = json!({"inputs": [{"name": input, "shape": [1, 8], "datatype": "FP32", "data": features(1)}]});
+    let r = server.post("/v2/models/churn/infer", &one.to_string());
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert!(r.json()["error"].as_str().unwrap().contains("overloaded"), "{}", r.body);
+    let r = server.get("/v1/predict/e4?mode=realtime_only");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error_type"], "overloaded");
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    let again = server.get_ok("/v1/predict/e3?mode=realtime_only");
+    assert_eq!(again["source"], "stale", "{again}");
     let big = big.join().unwrap();
     assert_eq!(big.status, 200, "{}", &big.body[..big.body.len().min(300)]);
     assert_eq!(a["source"], "stale", "{a}");

@@ -7,12 +7,14 @@
 //!   every answer saying which ([`service`]);
 //! - model calls go through one bounded queue and dedicated model threads
 //!   that batch concurrent requests ([`batcher`]);
+//! - store reads of concurrent requests are merged ([`coalesce`]);
 //! - computed predictions are written back off the request path
 //!   ([`writeback`]);
 //! - answer sources are counted over a sliding window for the health status
 //!   ([`stats`]); models are polled for new versions ([`models`]).
 
 pub mod batcher;
+pub mod coalesce;
 pub mod error;
 pub mod models;
 pub mod service;

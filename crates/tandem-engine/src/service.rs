@@ -20,6 +20,7 @@ use tandem_store::{
 use tokio::time::timeout_at;
 
 use crate::batcher::{Batcher, BatcherConfig, Output, Runner, Want};
+use crate::coalesce::Coalescing;
 use crate::error::EngineError;
 use crate::models::Models;
 use crate::stats::Stats;
@@ -52,6 +53,10 @@ pub struct EngineConfig {
     pub stale_on_new_version: bool,
     /// The memory tier.
     pub memory: MemoryTierConfig,
+    /// Store reads of concurrent requests merged into one, with at most
+    /// this many merged reads in flight per kind (0: every request reads on
+    /// its own).
+    pub store_reads_in_flight: usize,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +73,7 @@ impl Default for EngineConfig {
             write_queue: 65_536,
             stale_on_new_version: true,
             memory: MemoryTierConfig::default(),
+            store_reads_in_flight: 4,
         }
     }
 }
@@ -162,23 +168,37 @@ struct Pending {
     /// entity (and no context was given): an unknown entity unless a
     /// prediction is stored.
     unknown: bool,
+    /// The model has no feature names, so nothing could be computed.
+    no_schema: bool,
     overloaded: bool,
 }
 
 impl Engine {
     /// Builds the engine; must run inside a tokio runtime (it starts the
-    /// store writer). `features` may be `store` itself.
+    /// store writer and read coalescers). Features are read from
+    /// `features`, or from `store` when `None`.
     pub fn new(
         config: EngineConfig,
         models: Models,
         store: Arc<dyn Store>,
-        features: Arc<dyn FeatureStore>,
+        features: Option<Arc<dyn Store>>,
     ) -> Engine {
         let stats = Arc::new(Stats::new(config.health_window_secs, config.health));
         let memory = MemoryTier::new(config.memory);
-        let store_preds: Arc<dyn tandem_store::PredictionStore> = store.clone();
-        let tiers = TieredPredictions::new(memory, store_preds.clone());
-        let writer = WriteBack::start(store_preds, config.write_queue, stats.clone());
+        let n = config.store_reads_in_flight;
+        let reads: Arc<dyn tandem_store::PredictionStore> = if n > 0 {
+            Arc::new(Coalescing::new(store.clone(), n))
+        } else {
+            store.clone()
+        };
+        let features: Arc<dyn FeatureStore> = match (features, n) {
+            (Some(f), 0) => f,
+            (Some(f), n) => Arc::new(Coalescing::new(f, n)),
+            (None, 0) => store.clone(),
+            (None, n) => Arc::new(Coalescing::new(store.clone(), n)),
+        };
+        let tiers = TieredPredictions::new(memory, reads);
+        let writer = WriteBack::start(store.clone(), config.write_queue, stats.clone());
         let batcher = Batcher::start(config.batcher);
         Engine {
             config,
@@ -415,20 +435,13 @@ impl Engine {
     }
 
     fn judge(&self, record: &PredictionRecord, model: &Model, explicit: bool) -> Verdict {
-        if !record.model.is_empty() && &*record.model != model.name() {
-            return Verdict::Ignore;
-        }
-        if record.version == 0 || record.version == model.version() {
-            return Verdict::Serve;
-        }
-        if explicit || (self.config.stale_on_new_version && record.version < model.version()) {
-            return Verdict::Stale(format!(
-                "stored prediction was made by version {}, not {}",
-                record.version,
-                model.version()
-            ));
-        }
-        Verdict::Serve
+        verdict(
+            record,
+            model.name(),
+            model.version(),
+            explicit,
+            self.config.stale_on_new_version,
+        )
     }
 
     #[expect(clippy::too_many_arguments, reason = "one private step of predict")]
@@ -446,6 +459,7 @@ impl Engine {
         let Some(schema) = schema else {
             let e = EngineError::NoSchema(model.name().to_string());
             for &i in need {
+                pending[i].no_schema = true;
                 pending[i].reasons.push(e.to_string());
             }
             return;
@@ -619,6 +633,10 @@ impl Engine {
         if p.unknown {
             return Err(EngineError::UnknownEntity(entity.to_string()));
         }
+        if p.no_schema {
+            // A configuration problem, not a degraded moment: say so.
+            return Err(EngineError::NoSchema(model.name().to_string()));
+        }
         if p.overloaded {
             return Err(EngineError::Overloaded {
                 queued: self.batcher.capacity(),
@@ -695,10 +713,41 @@ impl Engine {
     }
 }
 
+/// What a stored record is worth for a request to `model` `version`.
+#[derive(Debug, PartialEq)]
 enum Verdict {
+    /// Serve it (if fresh by age).
     Serve,
+    /// Only a stale fallback, for the reason given.
     Stale(String),
+    /// Another model's prediction: not an answer at all.
     Ignore,
+}
+
+/// Judges a stored record: a record of another model is ignored; one of
+/// another version is stale when the request named a version, or when it is
+/// older than the served one and `stale_on_new_version`; a record with no
+/// model or version (written by another tool) is served.
+fn verdict(
+    record: &PredictionRecord,
+    model: &str,
+    version: u64,
+    explicit: bool,
+    stale_on_new_version: bool,
+) -> Verdict {
+    if !record.model.is_empty() && &*record.model != model {
+        return Verdict::Ignore;
+    }
+    if record.version == 0 || record.version == version {
+        return Verdict::Serve;
+    }
+    if explicit || (stale_on_new_version && record.version < version) {
+        return Verdict::Stale(format!(
+            "stored prediction was made by version {}, not {version}",
+            record.version
+        ));
+    }
+    Verdict::Serve
 }
 
 fn answer(
@@ -718,5 +767,58 @@ fn answer(
         computed_at: record.timestamp,
         age_ms: u64::try_from(record.age(now).as_millis()).unwrap_or(u64::MAX),
         warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(model: &str, version: u64) -> PredictionRecord {
+        PredictionRecord {
+            prediction: 1.0,
+            timestamp: 0.0,
+            values: None,
+            model: Arc::from(model),
+            version,
+            source: PredictionSource::Batch,
+            run_id: None,
+            digest: None,
+        }
+    }
+
+    #[test]
+    fn stored_records_are_judged_by_model_and_version() {
+        assert_eq!(
+            verdict(&record("churn", 3), "churn", 3, false, true),
+            Verdict::Serve
+        );
+        assert_eq!(
+            verdict(&record("fraud", 3), "churn", 3, false, true),
+            Verdict::Ignore
+        );
+        // Reference-design records carry neither.
+        assert_eq!(
+            verdict(&record("", 0), "churn", 3, false, true),
+            Verdict::Serve
+        );
+        // An older version: stale by default, served when configured so.
+        assert!(
+            matches!(verdict(&record("churn", 2), "churn", 3, false, true), Verdict::Stale(w) if w.contains("version 2"))
+        );
+        assert_eq!(
+            verdict(&record("churn", 2), "churn", 3, false, false),
+            Verdict::Serve
+        );
+        // A newer version (a replica ahead of this one) is served...
+        assert_eq!(
+            verdict(&record("churn", 4), "churn", 3, false, true),
+            Verdict::Serve
+        );
+        // ...unless the request named the version.
+        assert!(matches!(
+            verdict(&record("churn", 4), "churn", 3, true, true),
+            Verdict::Stale(_)
+        ));
     }
 }

@@ -1,0 +1,226 @@
+//! Batches the store reads of concurrent requests: every feature or
+//! prediction lookup queued while earlier ones are in flight goes out as one
+//! multi-key read (one `MGET` per slot on Redis) instead of one per request.
+//!
+//! As in the model batcher, there is no timer: one task owns each queue and
+//! sends a read as soon as fewer than `max_in_flight` reads are out, taking
+//! everything queued by then. Under light load every lookup goes alone and
+//! at once; under heavy load lookups share round trips.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tandem_core::{FeatureRow, PredictionRecord};
+use tandem_store::{FeatureStore, Lookup, PredictionEntry, PredictionStore, Store, StoreError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Most lookups merged into one read.
+const MAX_MERGED: usize = 256;
+
+type Reply<T> = oneshot::Sender<Result<Vec<Lookup<T>>, StoreError>>;
+
+struct Ask<T> {
+    ids: Vec<String>,
+    reply: Reply<T>,
+}
+
+/// A store whose reads of concurrent callers are merged.
+pub struct Coalescing {
+    inner: Arc<dyn Store>,
+    features: mpsc::Sender<Ask<FeatureRow>>,
+    predictions: mpsc::Sender<Ask<PredictionRecord>>,
+}
+
+impl Coalescing {
+    /// Wraps `inner`, allowing `max_in_flight` merged reads of each kind at
+    /// once. Must be called inside a tokio runtime.
+    pub fn new(inner: Arc<dyn Store>, max_in_flight: usize) -> Coalescing {
+        let (ftx, frx) = mpsc::channel(4096);
+        let (ptx, prx) = mpsc::channel(4096);
+        let s = inner.clone();
+        tokio::spawn(run(frx, max_in_flight, move |ids: Vec<String>| {
+            let s = s.clone();
+            async move { s.get_features(&ids).await }
+        }));
+        let s = inner.clone();
+        tokio::spawn(run(prx, max_in_flight, move |ids: Vec<String>| {
+            let s = s.clone();
+            async move { s.get_predictions(&ids).await }
+        }));
+        Coalescing {
+            inner,
+            features: ftx,
+            predictions: ptx,
+        }
+    }
+}
+
+async fn run<T, F, Fut>(mut rx: mpsc::Receiver<Ask<T>>, max_in_flight: usize, read: F)
+where
+    T: Clone + Send + 'static,
+    F: Fn(Vec<String>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<Lookup<T>>, StoreError>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    let mut asks: Vec<Ask<T>> = Vec::with_capacity(MAX_MERGED);
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if rx.recv_many(&mut asks, MAX_MERGED).await == 0 {
+            return;
+        }
+        let batch: Vec<Ask<T>> = std::mem::take(&mut asks)
+            .into_iter()
+            .filter(|a| !a.reply.is_closed())
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = batch.iter().flat_map(|a| a.ids.iter().cloned()).collect();
+        let fut = read(ids);
+        tokio::spawn(async move {
+            let result = fut.await;
+            drop(permit);
+            let asked: usize = batch.iter().map(|a| a.ids.len()).sum();
+            match result {
+                Ok(values) if values.len() != asked => {
+                    let e = StoreError::Backend {
+                        backend: "coalescer",
+                        detail: format!("{} values for {asked} keys", values.len()),
+                    };
+                    for a in batch {
+                        let _ = a.reply.send(Err(e.clone()));
+                    }
+                }
+                Ok(values) => {
+                    // Hand each caller its own slice, in order.
+                    let mut rest = values.into_iter();
+                    for a in batch {
+                        let mine: Vec<Lookup<T>> = rest.by_ref().take(a.ids.len()).collect();
+                        let _ = a.reply.send(Ok(mine));
+                    }
+                }
+                Err(e) => {
+                    for a in batch {
+                        let _ = a.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn ask<T>(tx: &mpsc::Sender<Ask<T>>, ids: &[String]) -> Result<Vec<Lookup<T>>, StoreError> {
+    let (reply, rx) = oneshot::channel();
+    let gone = || StoreError::Unavailable {
+        backend: "coalescer",
+        detail: "the read queue is closed".into(),
+    };
+    tx.send(Ask {
+        ids: ids.to_vec(),
+        reply,
+    })
+    .await
+    .map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
+}
+
+#[async_trait]
+impl FeatureStore for Coalescing {
+    async fn get_features(
+        &self,
+        entities: &[String],
+    ) -> Result<Vec<Lookup<FeatureRow>>, StoreError> {
+        ask(&self.features, entities).await
+    }
+
+    async fn put_features(
+        &self,
+        rows: &[(String, FeatureRow)],
+        ttl: Option<std::time::Duration>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_features(rows, ttl).await
+    }
+}
+
+#[async_trait]
+impl PredictionStore for Coalescing {
+    async fn get_predictions(
+        &self,
+        entities: &[String],
+    ) -> Result<Vec<Lookup<PredictionRecord>>, StoreError> {
+        ask(&self.predictions, entities).await
+    }
+
+    async fn put_predictions(&self, entries: &[PredictionEntry]) -> Result<(), StoreError> {
+        self.inner.put_predictions(entries).await
+    }
+
+    async fn delete_predictions(&self, entities: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_predictions(entities).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lookups_share_reads_and_get_their_own_answers() {
+        let sizes = Arc::new(Mutex::new(Vec::<usize>::new()));
+        let (tx, rx) = mpsc::channel::<Ask<String>>(1024);
+        let seen = sizes.clone();
+        tokio::spawn(run(rx, 1, move |ids: Vec<String>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(ids.len());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(ids
+                    .into_iter()
+                    .map(|id| {
+                        if id.starts_with("missing") {
+                            Err(StoreError::NotFound { key: id })
+                        } else {
+                            Ok(format!("value of {id}"))
+                        }
+                    })
+                    .collect())
+            }
+        }));
+        let mut handles = vec![];
+        for i in 0..50 {
+            let tx = tx.clone();
+            handles.push(tokio::spawn(async move {
+                let ids = vec![format!("k{i}"), format!("missing{i}"), format!("k{i}b")];
+                (i, ask(&tx, &ids).await)
+            }));
+        }
+        for h in handles {
+            let (i, got) = h.await.unwrap();
+            let got = got.unwrap();
+            assert_eq!(got[0].as_deref().unwrap(), format!("value of k{i}"));
+            assert!(got[1].as_ref().unwrap_err().is_not_found());
+            assert_eq!(got[2].as_deref().unwrap(), format!("value of k{i}b"));
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 150);
+        assert!(sizes.len() < 50, "no lookups were merged: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_fails_every_lookup_in_it() {
+        let (tx, rx) = mpsc::channel::<Ask<String>>(16);
+        tokio::spawn(run(rx, 2, |_ids: Vec<String>| async {
+            Err(StoreError::Unavailable {
+                backend: "redis",
+                detail: "connection refused".into(),
+            })
+        }));
+        let err = ask(&tx, &["a".to_string()]).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+}
