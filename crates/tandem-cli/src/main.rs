@@ -10,6 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the server allocates small, short-lived buffers on several
+/// threads at high rates, where glibc's allocator spent a fifth of the CPU
+/// (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Batch and real-time ML predictions from one small binary.
 #[derive(Debug, Parser)]
 #[command(name = "tandem", version, about, long_about = None)]

@@ -333,7 +333,11 @@ fn a_busy_model_falls_back_to_stale_past_the_deadline_and_refuses_when_full() {
     let r = server.post("/v2/models/churn/infer", &one.to_string());
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.retry_after.as_deref(), Some("1"));
-    assert!(r.json()["error"].as_str().unwrap().contains("overloaded"), "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("overloaded"),
+        "{}",
+        r.body
+    );
     let r = server.get("/v1/predict/e4?mode=realtime_only");
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.json()["error_type"], "overloaded");
