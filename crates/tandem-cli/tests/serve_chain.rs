@@ -424,3 +424,49 @@ fn sigterm_drains_pending_store_writes_and_exits_zero() {
             .all(|r| r.as_ref().unwrap().source == tandem_core::PredictionSource::Realtime)
     );
 }
+
+#[test]
+fn features_can_live_in_their_own_store_which_readiness_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let model = Model::load(repo.join("churn/1/model.onnx")).unwrap();
+    let mut redis = RedisServer::start();
+    let csv = dir.path().join("f.csv");
+    write_csv(&csv, 0..10);
+    tandem_ok(&["materialize", "--input", s(&csv), "--store", &redis.url()]);
+    let store = dir.path().join("predictions.redb");
+    let server = Serve::start(
+        &[
+            "--model",
+            s(&repo),
+            "--store",
+            s(&store),
+            "--feature-store",
+            &format!("{}?timeout_ms=300", redis.url()),
+        ],
+        &[],
+    );
+    let a = server.get_ok("/v1/predict/e3");
+    assert_eq!(source(&a), "realtime", "{a}");
+    assert_eq!(
+        a["prediction"].as_f64().unwrap(),
+        predict(&model, &[features(3)])[0]
+    );
+    assert_eq!(server.get("/readyz").status, 200);
+    redis.kill();
+    let r = server.get("/readyz");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("feature store"),
+        "{}",
+        r.body
+    );
+    // The prediction written back to the embedded store still answers.
+    assert!(matches!(
+        source(&server.get_ok("/v1/predict/e3")),
+        "memory" | "store"
+    ));
+}

@@ -144,6 +144,8 @@ pub struct Engine {
     models: Models,
     tiers: TieredPredictions,
     store: Arc<dyn Store>,
+    /// The feature store when it is not `store` (for readiness).
+    feature_backend: Option<Arc<dyn Store>>,
     features: Arc<dyn FeatureStore>,
     batcher: Batcher,
     writer: WriteBack,
@@ -191,6 +193,7 @@ impl Engine {
         } else {
             store.clone()
         };
+        let feature_backend = features.clone();
         let features: Arc<dyn FeatureStore> = match (features, n) {
             (Some(f), 0) => f,
             (Some(f), n) => Arc::new(Coalescing::new(f, n)),
@@ -205,6 +208,7 @@ impl Engine {
             models,
             tiers,
             store,
+            feature_backend,
             features,
             batcher,
             writer,
@@ -247,17 +251,28 @@ impl Engine {
         self.store.describe()
     }
 
-    /// Whether the service can answer: a model is loaded and the store
-    /// answers a ping within `timeout`.
+    /// Whether the service can answer: a model is loaded (models are warmed
+    /// before they are served) and every store answers a ping within
+    /// `timeout`.
     pub async fn ready(&self, timeout: Duration) -> Result<(), String> {
         if self.models.names().is_empty() {
             return Err("no model loaded".into());
         }
-        match tokio::time::timeout(timeout, self.store.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("store did not answer a ping within {timeout:?}")),
+        let stores = std::iter::once(("store", &self.store))
+            .chain(self.feature_backend.iter().map(|f| ("feature store", f)));
+        for (what, store) in stores {
+            match tokio::time::timeout(timeout, store.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("{what}: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "{what} {} did not answer a ping within {timeout:?}",
+                        store.describe()
+                    ));
+                }
+            }
         }
+        Ok(())
     }
 
     /// Stops taking store writes and waits for the queued ones.
