@@ -72,6 +72,13 @@ async fn run(settings: config::ServeSettings) -> anyhow::Result<()> {
         .map(tandem_store::config::redact);
     tracing::info!(config = ?logged, "starting tandem serve");
 
+    let metrics = match tandem_server::metrics::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("metrics disabled: cannot install the Prometheus recorder: {e}");
+            None
+        }
+    };
     let path = settings.model_path.clone();
     let latest = settings.config.models.latest_versions;
     let repo = tokio::task::spawn_blocking(move || {
@@ -125,7 +132,7 @@ async fn run(settings: config::ServeSettings) -> anyhow::Result<()> {
     let http = HttpConfig {
         body_limit: settings.config.server.body_limit_bytes,
     };
-    tandem_server::serve(listener, engine.clone(), http, async move {
+    tandem_server::serve(listener, engine.clone(), http, metrics, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: draining requests and store writes");
         let _ = stop_tx.send(true);

@@ -507,3 +507,161 @@ fn the_real_tritonclient_speaks_to_tandem() {
         server.log()
     );
 }
+
+/// The value of the Prometheus sample `name{labels...}` (every given
+/// label present), summed over the matching lines.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or("");
+        if metric != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
+#[test]
+fn prometheus_metrics_count_the_traffic_by_route_source_stage_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let store = dir.path().join("t.redb");
+    let csv = dir.path().join("f.csv");
+    write_csv(&csv, 0..10);
+    tandem_ok(&["materialize", "--input", s(&csv), "--store", s(&store)]);
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", s(&store)],
+        &[
+            ("TANDEM__MODELS__DEFAULT_MODEL", "churn"),
+            ("TANDEM__MODELS__LATEST_VERSIONS", "2"),
+        ],
+    );
+    // Traffic: 2 real-time answers, 1 from memory, 1 tensor inference, 1
+    // invalid request, 1 unknown model.
+    assert_eq!(server.get_ok("/v1/predict/e1")["source"], "realtime");
+    assert_eq!(server.get_ok("/v1/predict/e2")["source"], "realtime");
+    assert_eq!(server.get_ok("/v1/predict/e1")["source"], "memory");
+    let input = load(&repo, "churn", 1).metadata().inputs[0].name.clone();
+    let r = server.post(
+        "/v2/models/churn/infer",
+        &infer_body(&input, "FP32", json!(features(3)), &[1, 8]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(server.get("/v1/predict/e1?mode=nope").status, 400);
+    assert_eq!(server.get("/v1/predict/e1?model=nope").status, 404);
+
+    let r = server.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.unwrap_or_default().starts_with("text/plain"));
+    let m = r.body;
+    let route = "/v1/predict/{entity_id}";
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        sample(&m, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{m}"))
+    };
+    assert_eq!(
+        count(
+            "tandem_request_duration_seconds_count",
+            &[("route", route), ("source", "realtime")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        count(
+            "tandem_request_duration_seconds_count",
+            &[("route", route), ("source", "memory")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "tandem_request_duration_seconds_count",
+            &[
+                ("route", "/v2/models/{model}/infer"),
+                ("source", "realtime")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "tandem_requests_total",
+            &[("route", route), ("status", "400")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count("tandem_answers_total", &[("source", "realtime")]),
+        2.0
+    );
+    assert_eq!(count("tandem_answers_total", &[("source", "memory")]), 1.0);
+    assert_eq!(
+        count("tandem_errors_total", &[("reason", "invalid_input")]),
+        1.0
+    );
+    assert_eq!(
+        count("tandem_errors_total", &[("reason", "not_found")]),
+        1.0
+    );
+    // Stages: two real-time computes and one inference ran the model.
+    assert_eq!(
+        count("tandem_stage_duration_seconds_count", &[("stage", "model")]),
+        3.0
+    );
+    assert_eq!(
+        count(
+            "tandem_stage_duration_seconds_count",
+            &[("stage", "feature_fetch")]
+        ),
+        2.0
+    );
+    assert!(
+        count(
+            "tandem_stage_duration_seconds_count",
+            &[("stage", "lookup")]
+        ) >= 3.0
+    );
+    assert_eq!(count("tandem_model_batch_rows_count", &[]), 3.0);
+    assert_eq!(
+        count(
+            "tandem_cache_lookups_total",
+            &[("tier", "memory"), ("result", "hit")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "tandem_cache_lookups_total",
+            &[("tier", "store"), ("result", "miss")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        count(
+            "tandem_prediction_age_seconds_count",
+            &[("source", "memory")]
+        ),
+        1.0
+    );
+    assert_eq!(count("tandem_queue_depth", &[]), 0.0);
+    assert_eq!(count("tandem_health", &[("status", "healthy")]), 1.0);
+    assert_eq!(
+        count(
+            "tandem_model_loaded",
+            &[("model", "churn"), ("version", "2")]
+        ),
+        1.0
+    );
+    // Histograms with buckets, not summaries; no entity id in any label.
+    assert!(m.contains("tandem_request_duration_seconds_bucket{"), "{m}");
+    assert!(!m.contains("quantile="), "{m}");
+    assert!(!m.contains("\"e1\"") && !m.contains("\"e2\""), "{m}");
+}

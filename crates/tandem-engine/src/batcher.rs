@@ -303,6 +303,8 @@ fn run_call(jobs: Vec<Job>) {
         Want::Outputs => runner.run(&batch).map(Output::Outputs),
     };
     let model_time = started.elapsed();
+    crate::telemetry::stage("model", model_time);
+    crate::telemetry::batch_rows(total);
     match result {
         Ok(output) => {
             let parts = split(output, &counts, total);

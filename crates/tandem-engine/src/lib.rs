@@ -19,6 +19,7 @@ pub mod error;
 pub mod models;
 pub mod service;
 pub mod stats;
+pub mod telemetry;
 pub mod writeback;
 
 pub use batcher::{Batcher, BatcherConfig};

@@ -24,6 +24,7 @@ use crate::coalesce::Coalescing;
 use crate::error::EngineError;
 use crate::models::Models;
 use crate::stats::Stats;
+use crate::telemetry;
 use crate::writeback::WriteBack;
 
 /// Engine settings.
@@ -347,7 +348,18 @@ impl Engine {
         };
 
         if policy.mode != Mode::RealtimeOnly {
+            let t = Instant::now();
             let found = self.tiers.get(&ids, policy.max_staleness, now).await;
+            telemetry::stage("lookup", t.elapsed());
+            for l in &found {
+                if let TierLookup::Failed(e) = l {
+                    telemetry::error(if e.is_transient() {
+                        "store_unavailable"
+                    } else {
+                        "store_corrupt"
+                    });
+                }
+            }
             look_up(&mut pending, &mut answers, found);
         }
 
@@ -412,7 +424,10 @@ impl Engine {
             .collect();
         for a in &out {
             match a {
-                Ok(a) => self.stats.answer(a.source),
+                Ok(a) => {
+                    self.stats.answer(a.source);
+                    telemetry::answer(a.source, a.age_ms);
+                }
                 Err(_) => self.stats.error(),
             }
         }
@@ -491,9 +506,13 @@ impl Engine {
         }
         let stored: Option<Vec<Result<FeatureRow, StoreError>>> = if schema.needs_store() {
             let ids: Vec<String> = need.iter().map(|&i| entities[i].entity.clone()).collect();
-            match timeout_at(deadline_at, self.features.get_features(&ids)).await {
+            let t = Instant::now();
+            let got = timeout_at(deadline_at, self.features.get_features(&ids)).await;
+            telemetry::stage("feature_fetch", t.elapsed());
+            match got {
                 Ok(Ok(rows)) => Some(rows),
                 Ok(Err(e)) => {
+                    telemetry::error("store_unavailable");
                     for &i in need {
                         pending[i]
                             .reasons
@@ -502,6 +521,7 @@ impl Engine {
                     return;
                 }
                 Err(_) => {
+                    telemetry::error("timeout");
                     for &i in need {
                         pending[i]
                             .reasons
@@ -559,7 +579,10 @@ impl Engine {
         .await;
         let predictions = match done {
             Ok(Ok(done)) => match done.output {
-                Output::Predictions(p) => p,
+                Output::Predictions(p) => {
+                    telemetry::stage("queue_wait", done.queue_wait);
+                    p
+                }
                 Output::Outputs(_) => {
                     for &i in &rows {
                         pending[i]
@@ -570,6 +593,7 @@ impl Engine {
                 }
             },
             Ok(Err(e)) => {
+                telemetry::error(telemetry::reason(&e));
                 for &i in &rows {
                     if matches!(e, EngineError::Overloaded { .. }) {
                         pending[i].overloaded = true;
@@ -579,6 +603,7 @@ impl Engine {
                 return;
             }
             Err(_) => {
+                telemetry::error("timeout");
                 for &i in &rows {
                     pending[i]
                         .reasons
@@ -718,7 +743,10 @@ impl Engine {
                 .submit(runner, batch.into_values(), Want::Outputs),
         )
         .await
-        .map_err(|_| EngineError::DeadlineExceeded(deadline))??;
+        .map_err(|_| EngineError::DeadlineExceeded(deadline))
+        .and_then(|r| r)
+        .inspect_err(|e| telemetry::error(telemetry::reason(e)))?;
+        telemetry::stage("queue_wait", done.queue_wait);
         match done.output {
             Output::Outputs(outputs) => Ok(Inferred { model, outputs }),
             Output::Predictions(_) => {

@@ -53,7 +53,11 @@ impl WriteBack {
                         continue;
                     }
                 }
-                if let Err(e) = store.put_predictions(&buf).await {
+                let t = std::time::Instant::now();
+                let written = store.put_predictions(&buf).await;
+                crate::telemetry::stage("store_write", t.elapsed());
+                if let Err(e) = written {
+                    crate::telemetry::error("store_unavailable");
                     tracing::warn!("writing {} real-time predictions failed: {e}", buf.len());
                     stats.writes_failed(buf.len());
                 }

@@ -57,6 +57,13 @@ pub fn status_of(e: &EngineError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.error);
+        // Failures inside the engine are counted where they happen; the
+        // caller's own mistakes are counted here.
+        if let reason @ ("invalid_input" | "not_found") =
+            tandem_engine::telemetry::reason(&self.error)
+        {
+            tandem_engine::telemetry::error(reason);
+        }
         let message = self.error.to_string();
         let body = match self.protocol {
             Protocol::Native => json!({"error": message, "error_type": self.error.kind()}),

@@ -15,6 +15,7 @@ use tandem_engine::{EngineError, Model, OutputData, OutputTensor, VersionSpec};
 use crate::AppState;
 use crate::error::{ApiError, Protocol};
 use crate::json::{parse_relaxed, to_body};
+use crate::metrics::SourceLabel;
 use crate::tensors::flat;
 
 const P: Protocol = Protocol::KServe;
@@ -436,12 +437,15 @@ async fn run_infer(
     resp.insert("outputs".into(), Value::Array(outputs));
     let header_json = to_body(&Value::Object(resp));
     if blobs.is_empty() {
-        return Ok(([(header::CONTENT_TYPE, "application/json")], header_json).into_response());
+        let mut r = ([(header::CONTENT_TYPE, "application/json")], header_json).into_response();
+        r.extensions_mut().insert(SourceLabel("realtime"));
+        return Ok(r);
     }
     let len = header_json.len();
     let mut full = header_json.into_bytes();
     full.extend_from_slice(&blobs);
     let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], full).into_response();
+    r.extensions_mut().insert(SourceLabel("realtime"));
     r.headers_mut().insert(
         HEADER_LEN,
         HeaderValue::from_str(&len.to_string()).unwrap_or(HeaderValue::from_static("0")),

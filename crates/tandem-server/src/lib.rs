@@ -12,6 +12,7 @@
 pub mod error;
 pub mod json;
 pub mod kserve;
+pub mod metrics;
 pub mod native;
 pub mod openapi;
 pub mod tensors;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// When the server started.
     pub started: Instant,
+    /// The Prometheus recorder's handle, when installed.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// HTTP settings.
@@ -53,17 +56,24 @@ impl Default for HttpConfig {
     }
 }
 
-/// Every route.
-pub fn router(engine: Arc<Engine>, config: HttpConfig) -> Router {
+/// Every route. `metrics`: the handle of an installed Prometheus recorder
+/// (see [`metrics::install`]), rendered at `/metrics`.
+pub fn router(
+    engine: Arc<Engine>,
+    config: HttpConfig,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
     let state = AppState {
         engine,
         started: Instant::now(),
+        metrics,
     };
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
         .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics::render))
         .route("/v1/predict/{entity_id}", get(native::get_one))
         .route("/v1/predict", post(native::post_many))
         .route("/v1/models", get(tfserving::missing_name))
@@ -88,6 +98,7 @@ pub fn router(engine: Arc<Engine>, config: HttpConfig) -> Router {
             post(kserve::infer_version),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .with_state(state)
 }
@@ -158,9 +169,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     config: HttpConfig,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(engine.clone(), config);
+    let app = router(engine.clone(), config, metrics);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -16,6 +16,7 @@ use tandem_engine::{EntityQuery, Mode, PredictRequest, VersionSpec};
 
 use crate::AppState;
 use crate::error::{ApiError, Protocol};
+use crate::metrics::SourceLabel;
 
 const P: Protocol = Protocol::Native;
 
@@ -107,7 +108,12 @@ pub async fn get_one(
         .await
         .map_err(|e| ApiError::new(P, e))?;
     match answers.pop() {
-        Some(Ok(a)) => Ok(Json(a).into_response()),
+        Some(Ok(a)) => {
+            let source = a.source.as_str();
+            let mut r = Json(a).into_response();
+            r.extensions_mut().insert(SourceLabel(source));
+            Ok(r)
+        }
         Some(Err(e)) => Err(ApiError::new(P, e)),
         None => Err(ApiError::invalid(P, "no answer")),
     }
@@ -182,6 +188,14 @@ pub async fn post_many(State(state): State<AppState>, body: Bytes) -> Result<Res
         .predict(req)
         .await
         .map_err(|e| ApiError::new(P, e))?;
+    let mut sources = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok().map(|a| a.source));
+    let label = match sources.next() {
+        None => "none",
+        Some(first) if sources.all(|s| s == first) => first.as_str(),
+        Some(_) => "mixed",
+    };
     let items: Vec<Value> = answers
         .into_iter()
         .zip(ids)
@@ -190,5 +204,7 @@ pub async fn post_many(State(state): State<AppState>, body: Bytes) -> Result<Res
             Err(e) => json!({"entity_id": id, "error": e.to_string(), "error_type": e.kind()}),
         })
         .collect();
-    Ok(Json(json!({ "predictions": items })).into_response())
+    let mut r = Json(json!({ "predictions": items })).into_response();
+    r.extensions_mut().insert(SourceLabel(label));
+    Ok(r)
 }

@@ -13,6 +13,7 @@ use tandem_engine::{EngineError, Model, OutputTensor, VersionSpec};
 use crate::AppState;
 use crate::error::{ApiError, Protocol};
 use crate::json::{parse_relaxed, to_body};
+use crate::metrics::SourceLabel;
 use crate::tensors::{flatten, nested};
 
 const P: Protocol = Protocol::TfServing;
@@ -311,7 +312,9 @@ async fn predict(state: &AppState, t: &Target, body: &[u8]) -> Result<Response, 
             )}),
         },
     };
-    Ok(([(header::CONTENT_TYPE, "application/json")], to_body(&out)).into_response())
+    let mut r = ([(header::CONTENT_TYPE, "application/json")], to_body(&out)).into_response();
+    r.extensions_mut().insert(SourceLabel("realtime"));
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -1,0 +1,133 @@
+//! Prometheus `/metrics`: the recorder, HTTP request metrics (by route
+//! template and answer source), and gauges read from the engine at scrape
+//! time. Histograms have explicit buckets (not summaries), so percentiles
+//! aggregate across replicas.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+
+/// Latency buckets in seconds: 250 us .. 10 s.
+pub const SECONDS: &[f64] = &[
+    0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Prediction age buckets in seconds: 1 s .. 7 days.
+pub const AGE_SECONDS: &[f64] = &[
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86_400.0,
+    7.0 * 86_400.0,
+];
+/// Model batch size buckets in rows.
+pub const ROWS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 8192.0,
+];
+
+/// Installs the process-wide Prometheus recorder.
+pub fn install() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("tandem_prediction_age_seconds".into()),
+            AGE_SECONDS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("tandem_model_batch_rows".into()), ROWS)
+        })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS))
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())
+}
+
+/// The answer source of a response, set by the handlers that answer
+/// predictions (`memory` ... `default`, `mixed` for several, `realtime` for
+/// tensor inference).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLabel(pub &'static str);
+
+static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
+/// Times every request: `tandem_request_duration_seconds{route, source}`,
+/// `tandem_requests_total{route, status}`, and the in-flight gauge.
+pub async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let started = Instant::now();
+    let n = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1;
+    metrics::gauge!("tandem_in_flight_requests").set(n as f64);
+    let resp = next.run(req).await;
+    let n = IN_FLIGHT.fetch_sub(1, Ordering::Relaxed) - 1;
+    metrics::gauge!("tandem_in_flight_requests").set(n as f64);
+    let source = resp
+        .extensions()
+        .get::<SourceLabel>()
+        .map_or("none", |s| s.0);
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("tandem_request_duration_seconds", "route" => route.clone(), "source" => source)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("tandem_requests_total", "route" => route, "status" => status).increment(1);
+    resp
+}
+
+/// `GET /metrics`.
+pub async fn render(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "metrics are not enabled in this process", "error_type": "not_found"})),
+        )
+            .into_response();
+    };
+    let e = &state.engine;
+    metrics::gauge!("tandem_queue_depth").set(e.batcher().queued() as f64);
+    metrics::gauge!("tandem_queue_capacity").set(e.batcher().capacity() as f64);
+    metrics::gauge!("tandem_pending_store_writes").set(e.pending_writes() as f64);
+    let (used, budget) = e.tiers().memory().usage();
+    metrics::gauge!("tandem_memory_tier_bytes").set(used as f64);
+    metrics::gauge!("tandem_memory_tier_budget_bytes").set(budget as f64);
+    let t = e.tiers().counters();
+    for (tier, result, v) in [
+        ("memory", "hit", t.memory_hits),
+        ("memory", "stale", t.memory_stale),
+        ("memory", "miss", t.memory_misses),
+        ("store", "hit", t.store_hits),
+        ("store", "stale", t.store_stale),
+        ("store", "miss", t.store_misses),
+        ("store", "error", t.store_errors),
+    ] {
+        metrics::counter!("tandem_cache_lookups_total", "tier" => tier, "result" => result)
+            .absolute(v);
+    }
+    let (health, _) = e.stats().health();
+    for (name, h) in [
+        ("healthy", tandem_engine::Health::Healthy),
+        ("degraded", tandem_engine::Health::Degraded),
+        ("critical", tandem_engine::Health::Critical),
+    ] {
+        metrics::gauge!("tandem_health", "status" => name).set(f64::from(u8::from(health == h)));
+    }
+    for name in e.models().names() {
+        if let Ok(served) = e.models().served(&name) {
+            for v in served.versions.keys() {
+                metrics::gauge!("tandem_model_loaded", "model" => name.clone(), "version" => v.to_string()).set(1.0);
+            }
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
