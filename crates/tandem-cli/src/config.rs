@@ -12,7 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use tandem_core::{
-    FeatureOverride, HealthThresholds, HybridPolicy, Mode, TtlPolicy, parse_duration,
+    FeatureOverride, HealthThresholds, HybridPolicy, Mode, SlaTargets, TtlPolicy, parse_duration,
 };
 use tandem_engine::{BatcherConfig, EngineConfig};
 use tandem_store::MemoryTierConfig;
@@ -39,6 +39,8 @@ pub struct Config {
     pub health: HealthSection,
     /// Real-time features.
     pub realtime: RealtimeSection,
+    /// Service-level targets.
+    pub sla: SlaSection,
     /// Per-feature source and default, by feature name.
     pub features: BTreeMap<String, FeatureOverride>,
 }
@@ -211,6 +213,32 @@ impl Default for HealthSection {
     }
 }
 
+/// `[sla]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlaSection {
+    /// Highest acceptable p99 latency of prediction requests, in ms.
+    pub p99_ms: f64,
+    /// Lowest acceptable share of prediction requests answered.
+    pub availability: f64,
+    /// Highest acceptable share of prediction requests failed (5xx).
+    pub error_rate: f64,
+    /// The window the SLA (and the recent figures of `/v1/stats`) cover.
+    pub window: String,
+}
+
+impl Default for SlaSection {
+    fn default() -> Self {
+        let t = SlaTargets::default();
+        SlaSection {
+            p99_ms: t.p99_ms,
+            availability: t.availability,
+            error_rate: t.error_rate,
+            window: "5m".into(),
+        }
+    }
+}
+
 /// `[realtime]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -245,6 +273,10 @@ pub struct ServeSettings {
     pub poll_interval: Option<Duration>,
     /// Engine settings.
     pub engine: EngineConfig,
+    /// Service-level targets.
+    pub sla: SlaTargets,
+    /// Their window.
+    pub sla_window: Duration,
 }
 
 fn duration(key: &str, value: &str) -> anyhow::Result<Duration> {
@@ -376,7 +408,20 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
         },
         store_reads_in_flight: config.store.reads_in_flight,
     };
+    let sla = SlaTargets {
+        p99_ms: config.sla.p99_ms,
+        availability: config.sla.availability,
+        error_rate: config.sla.error_rate,
+    };
+    sla.validate()
+        .map_err(|e| anyhow::anyhow!("config key sla.{e}"))?;
+    let sla_window = duration("sla.window", &config.sla.window)?;
+    if sla_window.as_secs() < 10 || sla_window.as_secs() > 3600 {
+        bail!("config key sla.window: must be between 10s and 1h");
+    }
     Ok(ServeSettings {
+        sla,
+        sla_window,
         listen,
         model_path,
         poll_interval: (!poll.is_zero()).then_some(poll),

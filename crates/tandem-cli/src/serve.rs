@@ -131,6 +131,8 @@ async fn run(settings: config::ServeSettings) -> anyhow::Result<()> {
     tracing::info!(%addr, store = %engine.store_description(), "serving");
     let http = HttpConfig {
         body_limit: settings.config.server.body_limit_bytes,
+        sla: settings.sla,
+        window: settings.sla_window,
     };
     tandem_server::serve(listener, engine.clone(), http, metrics, async move {
         shutdown_signal().await;

@@ -446,6 +446,8 @@ fn openapi_documents_every_route() {
         "/livez",
         "/readyz",
         "/v1/stats",
+        "/v1/sla",
+        "/metrics",
         "/openapi.json",
     ] {
         assert!(paths.contains_key(p), "{p} is not documented");
@@ -466,6 +468,7 @@ fn python_with_tritonclient() -> Option<String> {
     let python = std::env::var("TANDEM_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&python)
         .args(["-c", "import tritonclient.http, numpy"])
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     ok.then_some(python)
@@ -664,4 +667,77 @@ fn prometheus_metrics_count_the_traffic_by_route_source_stage_and_reason() {
     assert!(m.contains("tandem_request_duration_seconds_bucket{"), "{m}");
     assert!(!m.contains("quantile="), "{m}");
     assert!(!m.contains("\"e1\"") && !m.contains("\"e2\""), "{m}");
+}
+
+#[test]
+fn stats_and_sla_report_latency_errors_and_the_source_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let store = dir.path().join("t.redb");
+    let csv = dir.path().join("f.csv");
+    write_csv(&csv, 0..5);
+    tandem_ok(&["materialize", "--input", s(&csv), "--store", s(&store)]);
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", s(&store)],
+        &[
+            ("TANDEM__SLA__P99_MS", "0.001"),
+            ("TANDEM__SLA__WINDOW", "1m"),
+        ],
+    );
+    // An idle server meets every target.
+    let sla = server.get_ok("/v1/sla");
+    assert_eq!(sla["met"], true, "{sla}");
+    assert_eq!(sla["requests"], 0);
+    // 20 answers (5 real-time, 15 from memory), one 503 (nothing stored
+    // and batch_only does not compute, no default), one 400.
+    for i in 0..20 {
+        server.get_ok(&format!("/v1/predict/e{}", i % 5));
+    }
+    assert_eq!(server.get("/v1/predict/nobody?mode=batch_only").status, 503);
+    assert_eq!(server.get("/v1/predict/e1?mode=bad").status, 400);
+    server.get_ok("/livez"); // not a prediction route: not counted
+
+    let st = server.get_ok("/v1/stats");
+    for period in ["since_start", "recent"] {
+        let r = &st["requests"][period];
+        assert_eq!(r["requests"], 22, "{period}: {st}");
+        assert_eq!(r["failed"], 1, "{period}: {st}");
+        assert_eq!(r["refused"], 0);
+        let er = r["error_rate"].as_f64().unwrap();
+        assert!((er - 1.0 / 22.0).abs() < 1e-9, "{er}");
+        let (p50, p95, p99) = (
+            r["p50_ms"].as_f64().unwrap(),
+            r["p95_ms"].as_f64().unwrap(),
+            r["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{r}");
+        assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let mix = &st["source_mix_pct"]["since_start"];
+    assert_eq!(mix["realtime"], 25.0, "{mix}");
+    assert_eq!(mix["memory"], 75.0, "{mix}");
+    let hit = st["hit_rate"]["memory"].as_f64().unwrap();
+    assert!(
+        (hit - 15.0 / 21.0).abs() < 1e-9,
+        "memory hits 15 of 21 lookups: {st}"
+    );
+    assert_eq!(st["health"]["status"], "healthy", "{st}");
+
+    let sla = server.get_ok("/v1/sla");
+    assert_eq!(sla["met"], false, "{sla}");
+    assert_eq!(sla["window_secs"], 60);
+    let t = sla["targets"].as_array().unwrap();
+    let by = |name: &str| t.iter().find(|x| x["name"] == name).unwrap().clone();
+    let p99 = by("p99_latency_ms");
+    assert_eq!(p99["met"], false);
+    assert!(p99["margin"].as_f64().unwrap() < 0.0, "{p99}");
+    let avail = by("availability");
+    assert!(
+        (avail["actual"].as_f64().unwrap() - 21.0 / 22.0).abs() < 1e-9,
+        "{avail}"
+    );
+    assert_eq!(avail["met"], false);
+    let err = by("error_rate");
+    assert_eq!(err["met"], false);
+    assert_eq!(err["target"], 0.001);
 }

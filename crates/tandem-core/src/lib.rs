@@ -8,6 +8,7 @@ pub mod digest;
 pub mod policy;
 pub mod record;
 pub mod schema;
+pub mod sla;
 
 pub use batch::{BatchError, FeatureBatch, Predictions};
 pub use policy::{AnswerSource, Health, HealthThresholds, HybridPolicy, Mode, parse_duration};
@@ -17,3 +18,4 @@ pub use record::{
 pub use schema::{
     FeatureOverride, FeatureSchema, FeatureSource, FeatureSpec, RealtimeFeature, SchemaError,
 };
+pub use sla::{Observed, SlaResult, SlaTargets};

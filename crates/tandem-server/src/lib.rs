@@ -12,6 +12,7 @@
 pub mod error;
 pub mod json;
 pub mod kserve;
+pub mod latency;
 pub mod metrics;
 pub mod native;
 pub mod openapi;
@@ -28,7 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tandem_engine::Engine;
+use tandem_core::{Observed, SlaTargets, sla::check};
+use tandem_engine::{AnswerSource, Engine};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -39,19 +41,29 @@ pub struct AppState {
     pub started: Instant,
     /// The Prometheus recorder's handle, when installed.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Latency and outcomes of prediction requests.
+    pub latency: Arc<latency::Latency>,
+    /// The service-level targets.
+    pub sla: SlaTargets,
 }
 
 /// HTTP settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes (413 beyond).
     pub body_limit: usize,
+    /// Service-level targets reported at `/v1/sla`.
+    pub sla: SlaTargets,
+    /// The window of `/v1/sla` and of the recent figures of `/v1/stats`.
+    pub window: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             body_limit: 4 << 20,
+            sla: SlaTargets::default(),
+            window: Duration::from_secs(300),
         }
     }
 }
@@ -67,6 +79,8 @@ pub fn router(
         engine,
         started: Instant::now(),
         metrics,
+        latency: Arc::new(latency::Latency::new(config.window)),
+        sla: config.sla,
     };
     Router::new()
         .route("/livez", get(livez))
@@ -74,6 +88,7 @@ pub fn router(
         .route("/openapi.json", get(openapi::document))
         .route("/v1/stats", get(stats))
         .route("/metrics", get(metrics::render))
+        .route("/v1/sla", get(sla))
         .route("/v1/predict/{entity_id}", get(native::get_one))
         .route("/v1/predict", post(native::post_many))
         .route("/v1/models", get(tfserving::missing_name))
@@ -98,7 +113,10 @@ pub fn router(
             post(kserve::infer_version),
         )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .with_state(state)
 }
@@ -140,8 +158,37 @@ async fn stats(State(state): State<AppState>) -> Response {
             })
         })
         .collect();
+    let pct = |m: &std::collections::BTreeMap<&'static str, u64>| {
+        let total: u64 = m.values().sum();
+        AnswerSource::ALL
+            .iter()
+            .map(|src| {
+                let v = m.get(src.as_str()).copied().unwrap_or(0);
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    100.0 * v as f64 / total as f64
+                };
+                (src.as_str(), share)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let rate = |hit: u64, all: u64| (all > 0).then(|| hit as f64 / all as f64);
+    let memory_lookups = t.memory_hits + t.memory_stale + t.memory_misses;
+    let store_lookups = t.store_hits + t.store_stale + t.store_misses + t.store_errors;
     Json(json!({
         "uptime_secs": state.started.elapsed().as_secs_f64(),
+        "requests": {
+            "since_start": state.latency.since_start(),
+            "recent": state.latency.recent(),
+            "recent_window_secs": state.latency.window().as_secs(),
+        },
+        "source_mix_pct": {"since_start": pct(&s.answers), "recent": pct(&s.recent)},
+        "hit_rate": {
+            "memory": rate(t.memory_hits, memory_lookups),
+            "store": rate(t.store_hits, store_lookups),
+            "overall": rate(t.memory_hits + t.store_hits, memory_lookups),
+        },
         "answers": s.answers,
         "recent": s.recent,
         "window_secs": s.window_secs,
@@ -158,6 +205,24 @@ async fn stats(State(state): State<AppState>) -> Response {
         "models": models,
         "model_events": e.models().events(),
         "store": e.store_description(),
+    }))
+    .into_response()
+}
+
+async fn sla(State(state): State<AppState>) -> Response {
+    let recent = state.latency.recent();
+    let observed = Observed {
+        requests: recent.requests,
+        p99_ms: recent.p99_ms,
+        refused: recent.refused,
+        failed: recent.failed,
+    };
+    let results = check(&state.sla, &observed);
+    Json(json!({
+        "window_secs": state.latency.window().as_secs(),
+        "requests": recent.requests,
+        "met": results.iter().all(|r| r.met),
+        "targets": results,
     }))
     .into_response()
 }

@@ -62,8 +62,14 @@ static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
 
 /// Times every request: `tandem_request_duration_seconds{route, source}`,
 /// `tandem_requests_total{route, status}`, and the in-flight gauge.
-pub async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+pub async fn track(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let prediction = is_prediction(&route, req.method());
     let started = Instant::now();
     let n = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1;
     metrics::gauge!("tandem_in_flight_requests").set(n as f64);
@@ -74,11 +80,28 @@ pub async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Re
         .extensions()
         .get::<SourceLabel>()
         .map_or("none", |s| s.0);
+    let took = started.elapsed();
+    if prediction {
+        state.latency.record(took, resp.status().as_u16());
+    }
     let status = resp.status().as_u16().to_string();
     metrics::histogram!("tandem_request_duration_seconds", "route" => route.clone(), "source" => source)
-        .record(started.elapsed().as_secs_f64());
+        .record(took.as_secs_f64());
     metrics::counter!("tandem_requests_total", "route" => route, "status" => status).increment(1);
     resp
+}
+
+/// Whether a route answers predictions (and counts for `/v1/stats` and
+/// the SLA).
+fn is_prediction(route: &str, method: &axum::http::Method) -> bool {
+    match route {
+        "/v1/predict/{entity_id}"
+        | "/v1/predict"
+        | "/v2/models/{model}/infer"
+        | "/v2/models/{model}/versions/{version}/infer" => true,
+        "/v1/models/{*rest}" => method == axum::http::Method::POST,
+        _ => false,
+    }
 }
 
 /// `GET /metrics`.

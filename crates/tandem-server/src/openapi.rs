@@ -51,7 +51,9 @@ pub fn document_value() -> Value {
             "/v2/models/{model}/versions/{version}/infer": {"post": {"summary": "KServe inference on a version", "responses": {"200": {"description": "outputs"}, "400": err, "404": err}}},
             "/livez": {"get": {"summary": "Liveness: 200 once started", "responses": {"200": {"description": "live"}}}},
             "/readyz": {"get": {"summary": "Readiness: models loaded and warmed, store answering", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, with the reason"}}}},
-            "/v1/stats": {"get": {"summary": "Answer source mix, tier hit counts, health, queue, models", "responses": {"200": {"description": "stats"}}}},
+            "/v1/stats": {"get": {"summary": "Requests, latency percentiles (recent window and since start), error rate, throughput, source mix, hit rates per tier, health, queue, models", "responses": {"200": {"description": "stats"}}}},
+            "/v1/sla": {"get": {"summary": "Each service-level target (p99 latency, availability, error rate), the actual value over the window, met or not, and the margin", "responses": {"200": {"description": "sla"}}}},
+            "/metrics": {"get": {"summary": "Prometheus exposition (histograms with explicit buckets)", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         },
         "components": {
