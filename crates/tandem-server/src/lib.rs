@@ -5,7 +5,8 @@
 //!   ([`native`]);
 //! - TF Serving REST: `/v1/models/...` ([`tfserving`]);
 //! - KServe V2 REST: `/v2/...` ([`kserve`]);
-//! - `/livez`, `/readyz`, `/v1/stats`, `/openapi.json`.
+//! - `/livez`, `/readyz`, `/v1/stats`, `/v1/sla`, `/metrics`,
+//!   `/openapi.json`, and the live dashboard at `/`.
 //!
 //! Errors are mapped to HTTP once, in [`error`].
 
@@ -83,6 +84,7 @@ pub fn router(
         sla: config.sla,
     };
     Router::new()
+        .route("/", get(dashboard))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
@@ -125,6 +127,16 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(json!({"error": "no such route; see /openapi.json", "error_type": "not_found"})),
+    )
+        .into_response()
+}
+
+/// The live dashboard: one self-contained page (no CDN, works offline)
+/// that polls `/v1/stats` and `/v1/sla`.
+async fn dashboard() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../assets/dashboard.html"),
     )
         .into_response()
 }

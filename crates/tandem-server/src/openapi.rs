@@ -54,6 +54,7 @@ pub fn document_value() -> Value {
             "/v1/stats": {"get": {"summary": "Requests, latency percentiles (recent window and since start), error rate, throughput, source mix, hit rates per tier, health, queue, models", "responses": {"200": {"description": "stats"}}}},
             "/v1/sla": {"get": {"summary": "Each service-level target (p99 latency, availability, error rate), the actual value over the window, met or not, and the margin", "responses": {"200": {"description": "sla"}}}},
             "/metrics": {"get": {"summary": "Prometheus exposition (histograms with explicit buckets)", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
+            "/": {"get": {"summary": "The live dashboard (HTML, assets embedded)", "responses": {"200": {"description": "text/html"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
         },
         "components": {
