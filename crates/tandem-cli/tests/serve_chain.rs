@@ -470,3 +470,49 @@ fn features_can_live_in_their_own_store_which_readiness_checks() {
         "memory" | "store"
     ));
 }
+
+#[test]
+fn request_ids_are_echoed_and_carried_by_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let store = dir.path().join("t.redb");
+    let server = Serve::start(
+        &[
+            "--model",
+            s(&repo),
+            "--store",
+            s(&store),
+            "--log-format",
+            "json",
+        ],
+        &[("TANDEM_LOG", "info,tandem_server=debug")],
+    );
+    let r = server.request(
+        "GET",
+        "/v1/predict/nobody",
+        None,
+        &[("x-request-id", "req-abc-123")],
+    );
+    assert_eq!(r.status, 404);
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let agent = ureq::agent();
+            let resp = agent.get(&format!("{}/livez", server.base)).call().unwrap();
+            resp.header("x-request-id").unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1], "each request gets its own id");
+    server.wait_for(10, "the request's log line", || {
+        server.log().contains("req-abc-123")
+    });
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("req-abc-123"))
+        .unwrap()
+        .to_string();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["span"]["request_id"], "req-abc-123", "{v}");
+    assert_eq!(v["span"]["route"], "/v1/predict/{entity_id}", "{v}");
+    assert_eq!(v["fields"]["status"], 404, "{v}");
+}

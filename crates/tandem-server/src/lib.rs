@@ -19,6 +19,7 @@ pub mod native;
 pub mod openapi;
 pub mod tensors;
 pub mod tfserving;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -119,6 +120,7 @@ pub fn router(
             state.clone(),
             metrics::track,
         ))
+        .layer(axum::middleware::from_fn(trace::request_id))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .with_state(state)
 }
