@@ -663,6 +663,32 @@ fn prometheus_metrics_count_the_traffic_by_route_source_stage_and_reason() {
         ),
         1.0
     );
+    // Every series the Grafana dashboard queries exists.
+    let grafana = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/tandem.json"),
+    )
+    .unwrap();
+    let dash: Value = serde_json::from_str(&grafana).unwrap();
+    let mut queried = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("tandem_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    m.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                    "the Grafana panel '{}' queries {name}, which /metrics does not have",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried > 20, "{queried}");
     // Histograms with buckets, not summaries; no entity id in any label.
     assert!(m.contains("tandem_request_duration_seconds_bucket{"), "{m}");
     assert!(!m.contains("quantile="), "{m}");

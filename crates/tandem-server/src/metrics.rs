@@ -68,8 +68,8 @@ pub async fn track(
     req: Request,
     next: Next,
 ) -> Response {
-    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let prediction = is_prediction(&route, req.method());
+    let route = route_label(matched.as_ref().map(MatchedPath::as_str));
+    let prediction = is_prediction(route, req.method());
     let started = Instant::now();
     let n = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1;
     metrics::gauge!("tandem_in_flight_requests").set(n as f64);
@@ -84,11 +84,61 @@ pub async fn track(
     if prediction {
         state.latency.record(took, resp.status().as_u16());
     }
-    let status = resp.status().as_u16().to_string();
-    metrics::histogram!("tandem_request_duration_seconds", "route" => route.clone(), "source" => source)
+    let status = status_label(resp.status().as_u16());
+    metrics::histogram!("tandem_request_duration_seconds", "route" => route, "source" => source)
         .record(took.as_secs_f64());
     metrics::counter!("tandem_requests_total", "route" => route, "status" => status).increment(1);
     resp
+}
+
+/// The route template as a static label (no allocation per request; raw
+/// paths never become labels).
+fn route_label(template: Option<&str>) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/",
+        "/livez",
+        "/readyz",
+        "/openapi.json",
+        "/metrics",
+        "/v1/stats",
+        "/v1/sla",
+        "/v1/predict/{entity_id}",
+        "/v1/predict",
+        "/v1/models",
+        "/v1/models/",
+        "/v1/models/{*rest}",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{model}",
+        "/v2/models/{model}/ready",
+        "/v2/models/{model}/infer",
+        "/v2/models/{model}/versions/{version}",
+        "/v2/models/{model}/versions/{version}/ready",
+        "/v2/models/{model}/versions/{version}/infer",
+    ];
+    template
+        .and_then(|t| ROUTES.iter().find(|r| **r == t).copied())
+        .unwrap_or("unmatched")
+}
+
+/// The status code as a static label.
+fn status_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        501 => "501",
+        503 => "503",
+        504 => "504",
+        c if c < 300 => "2xx",
+        c if c < 500 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Whether a route answers predictions (and counts for `/v1/stats` and
