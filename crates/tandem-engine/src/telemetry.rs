@@ -1,18 +1,40 @@
 //! The engine's metrics, through the `metrics` facade (the server installs
 //! the Prometheus recorder; without one these calls cost almost nothing).
-//! Labels are fixed vocabularies: never entity ids, never raw paths.
+//! Labels are fixed vocabularies: never entity ids, never raw paths. The
+//! hot-path handles are looked up once and kept, so that a request pays an
+//! atomic add, not a registry lookup.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use tandem_core::AnswerSource;
 
 use crate::error::EngineError;
 
+const STAGES: [&str; 5] = [
+    "lookup",
+    "feature_fetch",
+    "queue_wait",
+    "model",
+    "store_write",
+];
+
 /// Seconds spent in a stage: `lookup` (memory + store), `feature_fetch`,
 /// `queue_wait`, `model`, `store_write`.
 pub fn stage(stage: &'static str, took: Duration) {
-    metrics::histogram!("tandem_stage_duration_seconds", "stage" => stage)
-        .record(took.as_secs_f64());
+    static HANDLES: OnceLock<Vec<Histogram>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        STAGES
+            .iter()
+            .map(|s| metrics::histogram!("tandem_stage_duration_seconds", "stage" => *s))
+            .collect()
+    });
+    match STAGES.iter().position(|s| *s == stage) {
+        Some(i) => handles[i].record(took.as_secs_f64()),
+        None => metrics::histogram!("tandem_stage_duration_seconds", "stage" => stage)
+            .record(took.as_secs_f64()),
+    }
 }
 
 /// A failure on the request path, by reason: `invalid_input`,
@@ -39,12 +61,28 @@ pub fn reason(e: &EngineError) -> &'static str {
 
 /// One answer: counted by source; its age observed.
 pub fn answer(source: AnswerSource, age_ms: u64) {
-    metrics::counter!("tandem_answers_total", "source" => source.as_str()).increment(1);
-    metrics::histogram!("tandem_prediction_age_seconds", "source" => source.as_str())
-        .record(age_ms as f64 / 1000.0);
+    static HANDLES: OnceLock<Vec<(Counter, Histogram)>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        AnswerSource::ALL
+            .iter()
+            .map(|s| {
+                (
+                    metrics::counter!("tandem_answers_total", "source" => s.as_str()),
+                    metrics::histogram!("tandem_prediction_age_seconds", "source" => s.as_str()),
+                )
+            })
+            .collect()
+    });
+    if let Some(i) = AnswerSource::ALL.iter().position(|s| *s == source) {
+        handles[i].0.increment(1);
+        handles[i].1.record(age_ms as f64 / 1000.0);
+    }
 }
 
 /// Rows in one model call.
 pub fn batch_rows(rows: usize) {
-    metrics::histogram!("tandem_model_batch_rows").record(rows as f64);
+    static HANDLE: OnceLock<Histogram> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| metrics::histogram!("tandem_model_batch_rows"))
+        .record(rows as f64);
 }

@@ -3,6 +3,8 @@
 //! time. Histograms have explicit buckets (not summaries), so percentiles
 //! aggregate across replicas.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
@@ -36,8 +38,25 @@ pub const ROWS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 8192.0,
 ];
 
-/// Installs the process-wide Prometheus recorder.
+/// Installs the process-wide Prometheus recorder, and (inside a tokio
+/// runtime) a task that folds recorded samples into the histograms every
+/// 5 s, so that memory stays flat between scrapes.
 pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = build()?;
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let h = handle.clone();
+        rt.spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                h.run_upkeep();
+            }
+        });
+    }
+    Ok(handle)
+}
+
+fn build() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("tandem_prediction_age_seconds".into()),
@@ -71,11 +90,9 @@ pub async fn track(
     let route = route_label(matched.as_ref().map(MatchedPath::as_str));
     let prediction = is_prediction(route, req.method());
     let started = Instant::now();
-    let n = IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1;
-    metrics::gauge!("tandem_in_flight_requests").set(n as f64);
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     let resp = next.run(req).await;
-    let n = IN_FLIGHT.fetch_sub(1, Ordering::Relaxed) - 1;
-    metrics::gauge!("tandem_in_flight_requests").set(n as f64);
+    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     let source = resp
         .extensions()
         .get::<SourceLabel>()
@@ -85,10 +102,33 @@ pub async fn track(
         state.latency.record(took, resp.status().as_u16());
     }
     let status = status_label(resp.status().as_u16());
-    metrics::histogram!("tandem_request_duration_seconds", "route" => route, "source" => source)
-        .record(took.as_secs_f64());
-    metrics::counter!("tandem_requests_total", "route" => route, "status" => status).increment(1);
+    HANDLES.with_borrow_mut(|h| {
+        h.durations
+            .entry((route, source))
+            .or_insert_with(|| {
+                metrics::histogram!("tandem_request_duration_seconds", "route" => route, "source" => source)
+            })
+            .record(took.as_secs_f64());
+        h.requests
+            .entry((route, status))
+            .or_insert_with(|| {
+                metrics::counter!("tandem_requests_total", "route" => route, "status" => status)
+            })
+            .increment(1);
+    });
     resp
+}
+
+/// Per-thread handles of the request series, so that a request pays an
+/// atomic add instead of a registry lookup.
+#[derive(Default)]
+struct Handles {
+    durations: HashMap<(&'static str, &'static str), metrics::Histogram>,
+    requests: HashMap<(&'static str, &'static str), metrics::Counter>,
+}
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::default();
 }
 
 /// The route template as a static label (no allocation per request; raw
@@ -164,6 +204,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
             .into_response();
     };
     let e = &state.engine;
+    metrics::gauge!("tandem_in_flight_requests").set(IN_FLIGHT.load(Ordering::Relaxed) as f64);
     metrics::gauge!("tandem_queue_depth").set(e.batcher().queued() as f64);
     metrics::gauge!("tandem_queue_capacity").set(e.batcher().capacity() as f64);
     metrics::gauge!("tandem_pending_store_writes").set(e.pending_writes() as f64);
