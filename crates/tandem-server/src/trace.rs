@@ -1,6 +1,7 @@
 //! Request ids: every request gets one (the caller's `x-request-id`, or a
-//! new one), echoed in the response and carried by every log line written
-//! while the request runs (a `tracing` span).
+//! new one), echoed in the response and, with `TANDEM_LOG` including
+//! `tandem_server=debug`, carried by every log line written while the
+//! request runs (a `tracing` span).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
@@ -41,7 +42,9 @@ pub async fn request_id(matched: Option<MatchedPath>, req: Request, next: Next) 
         .map_or_else(new_id, str::to_string);
     let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().clone();
-    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    // A debug-level span: free when `tandem_server=debug` is off (the
+    // default), where an enabled span costs every request its formatting.
+    let span = tracing::debug_span!("request", request_id = %id, %method, route = %route);
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| {
