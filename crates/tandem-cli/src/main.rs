@@ -1,6 +1,7 @@
 //! The `tandem` binary: a thin command line over the tandem crates.
 
 mod batch;
+mod bench;
 mod config;
 mod input;
 mod models;
@@ -37,6 +38,10 @@ enum Command {
     /// Serve predictions over HTTP: the native entity API (hybrid policy),
     /// TF Serving REST and KServe V2.
     Serve(serve::ServeArgs),
+    /// Load-test a running tandem (or a TF Serving / KServe V2 server):
+    /// closed or open loop, uniform or Zipf ids; latency percentiles,
+    /// errors, source mix, SLA check, JSON and an SVG chart.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Command::Batch(args) => batch::batch(args),
         Command::Materialize(args) => batch::materialize(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(code) => code,

@@ -4,10 +4,12 @@
 //! targets and the cost model.
 
 pub mod batch;
+pub mod cost;
 pub mod digest;
 pub mod policy;
 pub mod record;
 pub mod schema;
+pub mod shard;
 pub mod sla;
 
 pub use batch::{BatchError, FeatureBatch, Predictions};

@@ -1,10 +1,13 @@
 //! Answer counts: per source since start, and over a sliding window for the
-//! health status. Lock-free: a ring of one-second buckets of atomics.
+//! health status. Lock-free: a ring of one-second buckets of atomics per
+//! shard ([`tandem_core::shard`]: a thread writes only its own), summed by
+//! readers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tandem_core::shard::{self, Counter, SHARDS};
 use tandem_core::{AnswerSource, Health, HealthThresholds};
 
 const SOURCES: usize = AnswerSource::ALL.len();
@@ -27,13 +30,15 @@ struct Bucket {
 
 /// Counts of answers by source.
 pub struct Stats {
-    total: [AtomicU64; SOURCES],
-    errors: AtomicU64,
-    defaults_filled: AtomicU64,
-    infer_requests: AtomicU64,
-    writes_failed: AtomicU64,
-    writes_dropped: AtomicU64,
+    total: [Counter; SOURCES],
+    errors: Counter,
+    defaults_filled: Counter,
+    infer_requests: Counter,
+    writes_failed: Counter,
+    writes_dropped: Counter,
+    /// `secs` buckets per shard, shard after shard.
     window: Vec<Bucket>,
+    secs: usize,
     thresholds: HealthThresholds,
 }
 
@@ -79,12 +84,15 @@ impl Stats {
     pub fn new(window_secs: u64, thresholds: HealthThresholds) -> Stats {
         Stats {
             total: Default::default(),
-            errors: AtomicU64::new(0),
-            defaults_filled: AtomicU64::new(0),
-            infer_requests: AtomicU64::new(0),
-            writes_failed: AtomicU64::new(0),
-            writes_dropped: AtomicU64::new(0),
-            window: (0..window_secs.max(1)).map(|_| Bucket::default()).collect(),
+            errors: Counter::default(),
+            defaults_filled: Counter::default(),
+            infer_requests: Counter::default(),
+            writes_failed: Counter::default(),
+            writes_dropped: Counter::default(),
+            window: (0..window_secs.max(1) as usize * SHARDS)
+                .map(|_| Bucket::default())
+                .collect(),
+            secs: window_secs.max(1) as usize,
             thresholds,
         }
     }
@@ -96,8 +104,8 @@ impl Stats {
 
     fn answer_at(&self, source: AnswerSource, second: u64) {
         let i = index(source);
-        self.total[i].fetch_add(1, Ordering::Relaxed);
-        let b = &self.window[(second % self.window.len() as u64) as usize];
+        self.total[i].add(1);
+        let b = &self.window[shard::index() * self.secs + (second % self.secs as u64) as usize];
         let seen = b.second.load(Ordering::Acquire);
         if seen != second
             && b.second
@@ -113,31 +121,31 @@ impl Stats {
 
     /// Counts one failed entity request.
     pub fn error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors.add(1);
     }
 
     /// Counts feature values that took their default.
     pub fn defaults_filled(&self, n: usize) {
-        self.defaults_filled.fetch_add(n as u64, Ordering::Relaxed);
+        self.defaults_filled.add(n as u64);
     }
 
     /// Counts one tensor inference request.
     pub fn infer(&self) {
-        self.infer_requests.fetch_add(1, Ordering::Relaxed);
+        self.infer_requests.add(1);
     }
 
     /// Counts store writes that failed.
     pub fn writes_failed(&self, n: usize) {
-        self.writes_failed.fetch_add(n as u64, Ordering::Relaxed);
+        self.writes_failed.add(n as u64);
     }
 
     /// Counts store writes dropped on a full queue.
     pub fn write_dropped(&self) {
-        self.writes_dropped.fetch_add(1, Ordering::Relaxed);
+        self.writes_dropped.add(1);
     }
 
     fn recent_at(&self, now: u64) -> [u64; SOURCES] {
-        let span = self.window.len() as u64;
+        let span = self.secs as u64;
         let mut out = [0; SOURCES];
         for b in &self.window {
             let s = b.second.load(Ordering::Acquire);
@@ -173,16 +181,16 @@ impl Stats {
                 .collect()
         };
         StatsSnapshot {
-            answers: by(&|i| self.total[i].load(Ordering::Relaxed)),
+            answers: by(&|i| self.total[i].get()),
             recent: by(&|i| recent[i]),
-            errors: self.errors.load(Ordering::Relaxed),
-            defaults_filled: self.defaults_filled.load(Ordering::Relaxed),
-            infer_requests: self.infer_requests.load(Ordering::Relaxed),
-            writes_failed: self.writes_failed.load(Ordering::Relaxed),
-            writes_dropped: self.writes_dropped.load(Ordering::Relaxed),
+            errors: self.errors.get(),
+            defaults_filled: self.defaults_filled.get(),
+            infer_requests: self.infer_requests.get(),
+            writes_failed: self.writes_failed.get(),
+            writes_dropped: self.writes_dropped.get(),
             health,
             health_reason,
-            window_secs: self.window.len() as u64,
+            window_secs: self.secs as u64,
         }
     }
 }
@@ -212,9 +220,6 @@ mod tests {
         let r = s.recent_at(1010);
         assert_eq!(r[index(AnswerSource::Realtime)], 1);
         assert_eq!(r[index(AnswerSource::Memory)], 0);
-        assert_eq!(
-            s.total[index(AnswerSource::Memory)].load(Ordering::Relaxed),
-            90
-        );
+        assert_eq!(s.total[index(AnswerSource::Memory)].get(), 90);
     }
 }

@@ -1,12 +1,14 @@
 //! Latency and outcome of prediction requests, since start and over a
 //! sliding window, for `/v1/stats` and `/v1/sla`. Lock-free: log-spaced
 //! latency buckets (15 % wide) of atomics, in a ring of 10-second slots for
-//! the window.
+//! the window; each thread records into its own shard
+//! ([`tandem_core::shard`]) and a reader sums them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use tandem_core::shard::{self, SHARDS};
 
 /// Buckets: 120 log-spaced upper bounds, 15 % apart, from 11.5 us to
 /// about 190 s; the last one also takes anything slower.
@@ -91,8 +93,11 @@ pub struct Summary {
 
 /// Since start and over the window.
 pub struct Latency {
-    total: Counts,
+    /// One per shard.
+    total: Vec<Counts>,
+    /// `slots` per shard, shard after shard.
     ring: Vec<Slot>,
+    slots: usize,
     started: SystemTime,
     window: Duration,
 }
@@ -116,8 +121,9 @@ impl Latency {
     pub fn new(window: Duration) -> Latency {
         let slots = window.as_secs().div_ceil(SLOT_SECS).max(1) as usize;
         Latency {
-            total: Counts::new(),
-            ring: (0..slots)
+            total: (0..SHARDS).map(|_| Counts::new()).collect(),
+            slots,
+            ring: (0..slots * SHARDS)
                 .map(|_| Slot {
                     index: AtomicU64::new(0),
                     counts: Counts::new(),
@@ -136,9 +142,10 @@ impl Latency {
     /// Records one prediction request.
     pub fn record(&self, took: Duration, status: u16) {
         let b = bucket_of(took.as_secs_f64() * 1e6);
-        self.total.add(b, status);
+        let shard = shard::index();
+        self.total[shard].add(b, status);
         let idx = now_slot();
-        let slot = &self.ring[(idx % self.ring.len() as u64) as usize];
+        let slot = &self.ring[shard * self.slots + (idx % self.slots as u64) as usize];
         let seen = slot.index.load(Ordering::Acquire);
         if seen != idx
             && slot
@@ -184,26 +191,24 @@ impl Latency {
 
     /// Since start.
     pub fn since_start(&self) -> Summary {
-        let l: Vec<u64> = self
-            .total
-            .latency
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
+        let mut l = vec![0u64; BUCKETS];
+        let (mut requests, mut refused, mut failed) = (0, 0, 0);
+        for t in &self.total {
+            for (o, c) in l.iter_mut().zip(&t.latency) {
+                *o += c.load(Ordering::Relaxed);
+            }
+            requests += t.requests.load(Ordering::Relaxed);
+            refused += t.refused.load(Ordering::Relaxed);
+            failed += t.failed.load(Ordering::Relaxed);
+        }
         let secs = self.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
-        Self::summarize(
-            &l,
-            self.total.requests.load(Ordering::Relaxed),
-            self.total.refused.load(Ordering::Relaxed),
-            self.total.failed.load(Ordering::Relaxed),
-            secs,
-        )
+        Self::summarize(&l, requests, refused, failed, secs)
     }
 
     /// Over the window (slots that ended before it are left out).
     pub fn recent(&self) -> Summary {
         let now = now_slot();
-        let n = self.ring.len() as u64;
+        let n = self.slots as u64;
         let mut l = vec![0u64; BUCKETS];
         let (mut requests, mut refused, mut failed) = (0, 0, 0);
         for slot in &self.ring {

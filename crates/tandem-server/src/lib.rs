@@ -17,6 +17,7 @@ pub mod latency;
 pub mod metrics;
 pub mod native;
 pub mod openapi;
+pub mod recorder;
 pub mod tensors;
 pub mod tfserving;
 pub mod trace;
@@ -42,7 +43,7 @@ pub struct AppState {
     /// When the server started.
     pub started: Instant,
     /// The Prometheus recorder's handle, when installed.
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub metrics: Option<recorder::MetricsHandle>,
     /// Latency and outcomes of prediction requests.
     pub latency: Arc<latency::Latency>,
     /// The service-level targets.
@@ -75,7 +76,7 @@ impl Default for HttpConfig {
 pub fn router(
     engine: Arc<Engine>,
     config: HttpConfig,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    metrics: Option<recorder::MetricsHandle>,
 ) -> Router {
     let state = AppState {
         engine,
@@ -248,7 +249,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     config: HttpConfig,
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    metrics: Option<recorder::MetricsHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(engine.clone(), config, metrics);

@@ -5,14 +5,18 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use tandem_core::shard::UpDown;
+
+use crate::recorder::{MetricsHandle, TandemRecorder};
 
 use crate::AppState;
 
@@ -38,37 +42,23 @@ pub const ROWS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 8192.0,
 ];
 
-/// Installs the process-wide Prometheus recorder, and (inside a tokio
-/// runtime) a task that folds recorded samples into the histograms every
-/// 5 s, so that memory stays flat between scrapes.
-pub fn install() -> Result<PrometheusHandle, String> {
-    let handle = build()?;
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        let h = handle.clone();
-        rt.spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                h.run_upkeep();
-            }
-        });
+/// The bounds of a histogram, by name.
+fn buckets(name: &str) -> &'static [f64] {
+    match name {
+        "tandem_prediction_age_seconds" => AGE_SECONDS,
+        "tandem_model_batch_rows" => ROWS,
+        _ => SECONDS,
     }
-    Ok(handle)
 }
 
-fn build() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("tandem_prediction_age_seconds".into()),
-            AGE_SECONDS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full("tandem_model_batch_rows".into()), ROWS)
-        })
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS))
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())
+/// Installs the process-wide recorder ([`crate::recorder`]): counters and
+/// histograms in per-thread shards, gauges in the Prometheus exporter's
+/// recorder, one exposition at `/metrics`.
+pub fn install() -> Result<MetricsHandle, String> {
+    let recorder = TandemRecorder::new(PrometheusBuilder::new().build_recorder(), buckets);
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    Ok(handle)
 }
 
 /// The answer source of a response, set by the handlers that answer
@@ -77,7 +67,7 @@ fn build() -> Result<PrometheusHandle, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct SourceLabel(pub &'static str);
 
-static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+static IN_FLIGHT: LazyLock<UpDown> = LazyLock::new(UpDown::default);
 
 /// Times every request: `tandem_request_duration_seconds{route, source}`,
 /// `tandem_requests_total{route, status}`, and the in-flight gauge.
@@ -90,9 +80,9 @@ pub async fn track(
     let route = route_label(matched.as_ref().map(MatchedPath::as_str));
     let prediction = is_prediction(route, req.method());
     let started = Instant::now();
-    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    IN_FLIGHT.add(1);
     let resp = next.run(req).await;
-    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    IN_FLIGHT.add(-1);
     let source = resp
         .extensions()
         .get::<SourceLabel>()
@@ -204,7 +194,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
             .into_response();
     };
     let e = &state.engine;
-    metrics::gauge!("tandem_in_flight_requests").set(IN_FLIGHT.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("tandem_in_flight_requests").set(IN_FLIGHT.get() as f64);
     metrics::gauge!("tandem_queue_depth").set(e.batcher().queued() as f64);
     metrics::gauge!("tandem_queue_capacity").set(e.batcher().capacity() as f64);
     metrics::gauge!("tandem_pending_store_writes").set(e.pending_writes() as f64);

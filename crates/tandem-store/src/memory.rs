@@ -9,9 +9,9 @@
 //! form here takes well under 200 MB (docs/benchmarks.md).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
+use tandem_core::shard::Counter;
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -287,19 +287,20 @@ pub struct TierCounters {
     pub store_errors: u64,
 }
 
+/// Per-thread shards: every lookup bumps one of these.
 #[derive(Default)]
 struct Counters {
-    memory_hits: AtomicU64,
-    memory_stale: AtomicU64,
-    memory_misses: AtomicU64,
-    store_hits: AtomicU64,
-    store_stale: AtomicU64,
-    store_misses: AtomicU64,
-    store_errors: AtomicU64,
+    memory_hits: Counter,
+    memory_stale: Counter,
+    memory_misses: Counter,
+    store_hits: Counter,
+    store_stale: Counter,
+    store_misses: Counter,
+    store_errors: Counter,
 }
 
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+fn bump(c: &Counter) {
+    c.add(1);
 }
 
 /// Predictions read through memory, then the shared store; hits from the
@@ -433,7 +434,7 @@ impl TieredPredictions {
     /// Lookup counts per tier since start.
     pub fn counters(&self) -> TierCounters {
         let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let load = |a: &Counter| a.get();
         TierCounters {
             memory_hits: load(&c.memory_hits),
             memory_stale: load(&c.memory_stale),
