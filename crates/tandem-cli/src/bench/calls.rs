@@ -24,9 +24,9 @@ impl Draw {
     pub fn new(zipf: Option<f64>, n: u64) -> anyhow::Result<Draw> {
         match zipf {
             None => Ok(Draw::Uniform),
-            Some(s) => Zipf::new(n as f64, s)
-                .map(Draw::Zipf)
-                .map_err(|e| anyhow::anyhow!("--zipf {s}: {e} (the exponent must be > 0)")),
+            Some(s) => Zipf::new(n as f64, s).map(Draw::Zipf).map_err(|e| {
+                anyhow::anyhow!("--zipf {s}: {e} (the exponent must be >= 0; 0 is uniform)")
+            }),
         }
     }
 
@@ -229,6 +229,7 @@ mod tests {
         assert!((12_000..15_000).contains(&zc[0]), "{}", zc[0]);
         assert!((5_800..7_600).contains(&zc[1]), "{}", zc[1]);
         assert!(uc.iter().all(|c| (40..170).contains(c)), "{:?}", &uc[..10]);
-        assert!(Draw::new(Some(0.0), n).is_err());
+        assert!(Draw::new(Some(-1.0), n).is_err());
+        assert!(Draw::new(Some(f64::NAN), n).is_err());
     }
 }
