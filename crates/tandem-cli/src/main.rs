@@ -3,6 +3,7 @@
 mod batch;
 mod bench;
 mod config;
+mod cost;
 mod input;
 mod models;
 mod serve;
@@ -42,6 +43,12 @@ enum Command {
     /// closed or open loop, uniform or Zipf ids; latency percentiles,
     /// errors, source mix, SLA check, JSON and an SVG chart.
     Bench(bench::BenchArgs),
+    /// Batch vs real time vs hybrid: daily cost, cost per 1k predictions,
+    /// instances, break-even rate, sensitivity; from measured throughputs.
+    Cost(cost::CostArgs),
+    /// Which strategy fits a use case (latency, freshness, coverage,
+    /// cost), with the reasons, the numbers and a config to start with.
+    Advise(cost::AdviseArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +59,8 @@ fn main() -> ExitCode {
         Command::Materialize(args) => batch::materialize(args),
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Cost(args) => cost::cost(args),
+        Command::Advise(args) => cost::run_advise(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 //! layers add the feature schema, prediction records, hybrid policies, SLA
 //! targets and the cost model.
 
+pub mod advise;
 pub mod batch;
 pub mod cost;
 pub mod digest;
