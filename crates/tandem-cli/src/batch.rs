@@ -106,10 +106,10 @@ fn parse_shard(s: &str) -> Result<(u32, u32), String> {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
-struct Bar(ProgressBar);
+pub struct Bar(ProgressBar);
 
 impl Bar {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         Bar(bar)
     }
@@ -143,7 +143,7 @@ impl Progress for Bar {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)

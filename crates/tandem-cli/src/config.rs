@@ -296,6 +296,34 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<ServeSetti
     let mut config: Config = fig
         .extract()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(&e)))?;
+    // Relative paths written in the file are relative to the file (so a
+    // config works from any directory); from env and flags, to the cwd.
+    let from_file = |key: &str| -> Option<PathBuf> {
+        let meta = fig.find_metadata(key)?;
+        match &meta.source {
+            Some(figment::Source::File(f)) => f.parent().map(Path::to_path_buf),
+            _ => None,
+        }
+    };
+    let rebase = |dir: &Path, value: &str| -> Option<String> {
+        let is_path = !value.contains("://") && !value.is_empty();
+        (is_path && Path::new(value).is_relative()).then(|| dir.join(value).display().to_string())
+    };
+    if let (Some(dir), Some(p)) = (from_file("models.path"), &config.models.path)
+        && p.is_relative()
+    {
+        config.models.path = Some(dir.join(p));
+    }
+    if let Some(dir) = from_file("store.url")
+        && let Some(v) = rebase(&dir, &config.store.url)
+    {
+        config.store.url = v;
+    }
+    if let (Some(dir), Some(url)) = (from_file("store.features_url"), &config.store.features_url)
+        && let Some(v) = rebase(&dir, url)
+    {
+        config.store.features_url = Some(v);
+    }
     if let Some(m) = &flags.model {
         config.models.path = Some(m.clone());
     }
@@ -454,6 +482,31 @@ mod tests {
             assert_eq!(s.engine.default_prediction, Some(0.5));
             assert_eq!(s.engine.batcher.max_batch_size, 8);
             assert_eq!(s.listen.port(), 9999);
+
+            // Paths in a file are relative to it; from flags, to the cwd.
+            jail.create_dir("conf")?;
+            jail.create_dir("conf/models")?;
+            jail.create_file(
+                "conf/c.toml",
+                "[models]\npath = \"models\"\n[store]\nurl = \"s.redb\"\nfeatures_url = \"redis://h:1\"\n",
+            )?;
+            let s = load(Some(Path::new("conf/c.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.model_path, Path::new("conf/models"));
+            assert_eq!(
+                s.config.store.url,
+                Path::new("conf/s.redb").display().to_string()
+            );
+            assert_eq!(s.config.store.features_url.as_deref(), Some("redis://h:1"));
+            let s = load(
+                Some(Path::new("conf/c.toml")),
+                &Overrides {
+                    store: Some("x.redb".into()),
+                    ..Overrides::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(s.config.store.url, "x.redb");
 
             jail.set_env("TANDEM__HYBRID__DEADLINE", "soon");
             let e = load(Some(Path::new("t.toml")), &flags)

@@ -6,6 +6,7 @@ mod config;
 mod cost;
 mod input;
 mod models;
+mod quickstart;
 mod serve;
 
 use std::process::ExitCode;
@@ -28,6 +29,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole loop in one command, no server needed: an example model,
+    /// 100k synthetic entities, features materialized and batch-scored
+    /// into the embedded store, then serving with the dashboard.
+    Quickstart(quickstart::QuickstartArgs),
     /// Inspect models and run quick predictions.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -54,6 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Quickstart(args) => quickstart::quickstart(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Batch(args) => batch::batch(args),
         Command::Materialize(args) => batch::materialize(args),

@@ -1,5 +1,6 @@
 //! `tandem serve`: the real-time and hybrid HTTP server.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,6 +41,10 @@ pub struct ServeArgs {
     /// (`info` by default; `tandem_server=debug` logs every request).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Log warnings and errors only unless TANDEM_LOG says otherwise (the
+    /// quickstart, whose output is the list of things to try).
+    #[arg(skip)]
+    quiet: bool,
 }
 
 /// Log output format.
@@ -52,10 +57,35 @@ enum LogFormat {
 }
 
 /// Runs the server until SIGINT or SIGTERM.
+/// Called with the bound address once the server listens.
+pub type OnListening = Box<dyn FnOnce(SocketAddr) + Send>;
+
+impl ServeArgs {
+    /// Serve with this config file, listening there.
+    pub fn with_config(config: PathBuf, listen: String) -> ServeArgs {
+        ServeArgs {
+            model: None,
+            store: None,
+            feature_store: None,
+            listen: Some(listen),
+            config: Some(config),
+            log_format: LogFormat::Text,
+            quiet: true,
+        }
+    }
+}
+
+/// Runs `tandem serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    serve_with(args, None)
+}
+
+/// Runs `tandem serve`, calling `on_listening` once it listens.
+pub fn serve_with(args: ServeArgs, on_listening: Option<OnListening>) -> anyhow::Result<ExitCode> {
+    let default_level = if args.quiet { "warn" } else { "info" };
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
     };
     let _ = match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt()
@@ -82,11 +112,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(settings))?;
+    runtime.block_on(run(settings, on_listening))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(settings: config::ServeSettings) -> anyhow::Result<()> {
+async fn run(
+    settings: config::ServeSettings,
+    on_listening: Option<OnListening>,
+) -> anyhow::Result<()> {
     let mut logged = settings.config.clone();
     logged.store.url = tandem_store::config::redact(&logged.store.url);
     logged.store.features_url = logged
@@ -152,6 +185,9 @@ async fn run(settings: config::ServeSettings) -> anyhow::Result<()> {
         tokio::spawn(poll_models(engine.clone(), every, stop_rx.clone()));
     }
     println!("tandem serve listening on http://{addr}");
+    if let Some(f) = on_listening {
+        f(addr);
+    }
     tracing::info!(%addr, store = %engine.store_description(), "serving");
     let http = HttpConfig {
         body_limit: settings.config.server.body_limit_bytes,

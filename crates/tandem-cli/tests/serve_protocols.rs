@@ -633,6 +633,14 @@ fn prometheus_metrics_count_the_traffic_by_route_source_stage_and_reason() {
         ) >= 3.0
     );
     assert_eq!(count("tandem_model_batch_rows_count", &[]), 3.0);
+    // The memory tier: two entries (e1, e2), their bytes, the default
+    // 256 MiB budget.
+    assert_eq!(count("tandem_memory_tier_entries", &[]), 2.0);
+    assert!(count("tandem_memory_tier_bytes", &[]) > 2.0);
+    assert_eq!(
+        count("tandem_memory_tier_budget_bytes", &[]),
+        (256u64 << 20) as f64
+    );
     assert_eq!(
         count(
             "tandem_cache_lookups_total",

@@ -198,9 +198,11 @@ pub async fn render(State(state): State<AppState>) -> Response {
     metrics::gauge!("tandem_queue_depth").set(e.batcher().queued() as f64);
     metrics::gauge!("tandem_queue_capacity").set(e.batcher().capacity() as f64);
     metrics::gauge!("tandem_pending_store_writes").set(e.pending_writes() as f64);
-    let (used, budget) = e.tiers().memory().usage();
-    metrics::gauge!("tandem_memory_tier_bytes").set(used as f64);
-    metrics::gauge!("tandem_memory_tier_budget_bytes").set(budget as f64);
+    let memory = e.tiers().memory();
+    let (entries, bytes) = memory.usage();
+    metrics::gauge!("tandem_memory_tier_entries").set(entries as f64);
+    metrics::gauge!("tandem_memory_tier_bytes").set(bytes as f64);
+    metrics::gauge!("tandem_memory_tier_budget_bytes").set(memory.config().max_bytes as f64);
     let t = e.tiers().counters();
     for (tier, result, v) in [
         ("memory", "hit", t.memory_hits),
