@@ -41,8 +41,19 @@ pub struct Config {
     pub realtime: RealtimeSection,
     /// Service-level targets.
     pub sla: SlaSection,
+    /// Prices, for the cost gauge.
+    pub cost: CostSection,
     /// Per-feature source and default, by feature name.
     pub features: BTreeMap<String, FeatureOverride>,
+}
+
+/// `[cost]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostSection {
+    /// This instance's price per hour; when set, `/metrics` and
+    /// `/v1/stats` report the cost per 1000 predictions at the recent rate.
+    pub price_per_hour: Option<f64>,
 }
 
 /// `[server]`.
@@ -443,6 +454,11 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
     };
     sla.validate()
         .map_err(|e| anyhow::anyhow!("config key sla.{e}"))?;
+    if let Some(p) = config.cost.price_per_hour
+        && !(p.is_finite() && p >= 0.0)
+    {
+        bail!("config key cost.price_per_hour: must be a number >= 0, got {p}");
+    }
     let sla_window = duration("sla.window", &config.sla.window)?;
     if sla_window.as_secs() < 10 || sla_window.as_secs() > 3600 {
         bail!("config key sla.window: must be between 10s and 1h");
@@ -528,5 +544,66 @@ mod tests {
             assert!(e.contains("max_batch"), "{e}");
             Ok(())
         });
+    }
+
+    /// The rows `docs/configuration.md` must have: `| \`section.key\` |
+    /// \`default\` | \`TANDEM__SECTION__KEY\` |`, from `Config::default()`.
+    fn rows() -> Vec<(String, String)> {
+        let v = serde_json::to_value(Config::default()).unwrap();
+        let mut out = Vec::new();
+        for (section, keys) in v.as_object().unwrap() {
+            let Some(keys) = keys.as_object() else {
+                continue;
+            };
+            if section == "features" {
+                continue;
+            }
+            for (key, value) in keys {
+                let shown = match value {
+                    serde_json::Value::Null => "none".to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let row = format!(
+                    "| `{section}.{key}` | `{shown}` | `TANDEM__{}__{}` |",
+                    section.to_uppercase(),
+                    key.to_uppercase()
+                );
+                out.push((format!("{section}.{key}"), row));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn docs_configuration_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let rows = rows();
+        let missing: Vec<&String> = rows
+            .iter()
+            .filter(|(_, row)| !doc.lines().any(|l| l.starts_with(row.as_str())))
+            .map(|(_, row)| row)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md lacks (or has another default for):\n{}",
+            missing
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // And lists no key that does not exist.
+        for line in doc
+            .lines()
+            .filter(|l| l.starts_with("| `") && l.contains("TANDEM__"))
+        {
+            let key = line.split('`').nth(1).unwrap();
+            assert!(
+                rows.iter().any(|(k, _)| k == key) || key.starts_with("features."),
+                "docs/configuration.md documents {key}, which is not a key"
+            );
+        }
     }
 }

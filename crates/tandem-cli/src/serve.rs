@@ -193,6 +193,7 @@ async fn run(
         body_limit: settings.config.server.body_limit_bytes,
         sla: settings.sla,
         window: settings.sla_window,
+        price_per_hour: settings.config.cost.price_per_hour,
     };
     tandem_server::serve(listener, engine.clone(), http, metrics, async move {
         shutdown_signal().await;

@@ -546,6 +546,7 @@ fn prometheus_metrics_count_the_traffic_by_route_source_stage_and_reason() {
         &[
             ("TANDEM__MODELS__DEFAULT_MODEL", "churn"),
             ("TANDEM__MODELS__LATEST_VERSIONS", "2"),
+            ("TANDEM__COST__PRICE_PER_HOUR", "3.6"),
         ],
     );
     // Traffic: 2 real-time answers, 1 from memory, 1 tensor inference, 1
@@ -633,6 +634,16 @@ fn prometheus_metrics_count_the_traffic_by_route_source_stage_and_reason() {
         ) >= 3.0
     );
     assert_eq!(count("tandem_model_batch_rows_count", &[]), 3.0);
+    // The cost gauge: $3.60 an hour over the recent request rate.
+    let per_1k = count("tandem_cost_per_1k_predictions", &[]);
+    assert!(per_1k > 0.0 && per_1k.is_finite(), "{per_1k}");
+    let cost = server.get_ok("/v1/stats")["cost"].clone();
+    let rps = cost["recent_rps"].as_f64().unwrap();
+    let want = 3.6 / (rps * 3.6);
+    assert!(
+        (cost["per_1k_predictions"].as_f64().unwrap() - want).abs() < 1e-9 * want,
+        "{cost}"
+    );
     // The memory tier: two entries (e1, e2), their bytes, the default
     // 256 MiB budget.
     assert_eq!(count("tandem_memory_tier_entries", &[]), 2.0);

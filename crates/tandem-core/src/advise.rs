@@ -163,7 +163,7 @@ pub fn advise(needs: &Needs, inputs: &CostInputs) -> Result<Advice, String> {
 
     if realtime_fast_enough {
         reasons.push(format!(
-            "real time answers in about {rt_latency:.1} ms (features {:.1} + model {:.1} + overhead {:.1}), inside the {:.0} ms budget",
+            "real time answers in about {rt_latency:.1} ms (features {:.1} + model {:.2} + overhead {:.1}), inside the {:.0} ms budget",
             needs.feature_ms, needs.model_ms, needs.overhead_ms, needs.latency_ms
         ));
     } else {
@@ -265,7 +265,7 @@ pub fn advise(needs: &Needs, inputs: &CostInputs) -> Result<Advice, String> {
     // Stored predictions live twice the batch interval (a late run still
     // finds the last one), at most a week.
     let config = format!(
-        "[hybrid]\nmode = \"{mode}\"\nmax_staleness = \"{}\"\ndeadline = \"{}ms\"\n\n[ttl]\nbatch = \"{}\"\n\n[sla]\np99_ms = {}\n",
+        "[hybrid]\nmode = \"{mode}\"\nmax_staleness = \"{}\"\ndeadline = \"{}ms\"\n\n[ttl]\n# also the --ttl of tandem batch\nbatch = \"{}\"\n\n[sla]\np99_ms = {}\n",
         config_duration(needs.freshness.as_secs_f64()),
         needs.latency_ms.ceil().max(1.0),
         config_duration((batch_age * 2.0).min(7.0 * 86_400.0)),

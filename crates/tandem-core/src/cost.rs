@@ -161,6 +161,14 @@ pub struct SensitivityRow {
     pub hybrid: f64,
 }
 
+/// What one serving instance costs per 1000 predictions while it answers
+/// `rps` requests/s at `price_per_hour` (the `/metrics` gauge); `None` when
+/// idle.
+pub fn serving_cost_per_1k(price_per_hour: f64, rps: f64) -> Option<f64> {
+    (rps > 0.0 && price_per_hour.is_finite() && price_per_hour >= 0.0)
+        .then(|| price_per_hour / (rps * 3600.0 / 1000.0))
+}
+
 /// Instances for `load` seconds of serving work per second.
 fn instances(load: f64, i: &CostInputs) -> u32 {
     let n = (load / (1.0 - i.headroom) - 1e-9).ceil().max(0.0);
@@ -358,6 +366,13 @@ mod tests {
         // Hybrid cost falls (weakly) as the hit rate rises.
         let hy: Vec<f64> = r.sensitivity_hit_rate.iter().map(|x| x.1).collect();
         assert!(hy.windows(2).all(|w| w[1] <= w[0] + 1e-9), "{hy:?}");
+    }
+
+    #[test]
+    fn serving_cost_per_1k_follows_the_rate() {
+        // $3.60 an hour at 1000 req/s = 3.6M predictions an hour.
+        assert!(close(serving_cost_per_1k(3.6, 1000.0).unwrap(), 0.001));
+        assert_eq!(serving_cost_per_1k(3.6, 0.0), None);
     }
 
     #[test]

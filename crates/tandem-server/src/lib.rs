@@ -48,6 +48,8 @@ pub struct AppState {
     pub latency: Arc<latency::Latency>,
     /// The service-level targets.
     pub sla: SlaTargets,
+    /// This instance's price per hour, for the cost gauge.
+    pub price_per_hour: Option<f64>,
 }
 
 /// HTTP settings.
@@ -59,6 +61,9 @@ pub struct HttpConfig {
     pub sla: SlaTargets,
     /// The window of `/v1/sla` and of the recent figures of `/v1/stats`.
     pub window: Duration,
+    /// This instance's price per hour: `/metrics` and `/v1/stats` then
+    /// report the cost per 1000 predictions at the recent request rate.
+    pub price_per_hour: Option<f64>,
 }
 
 impl Default for HttpConfig {
@@ -67,6 +72,7 @@ impl Default for HttpConfig {
             body_limit: 4 << 20,
             sla: SlaTargets::default(),
             window: Duration::from_secs(300),
+            price_per_hour: None,
         }
     }
 }
@@ -84,6 +90,7 @@ pub fn router(
         metrics,
         latency: Arc::new(latency::Latency::new(config.window)),
         sla: config.sla,
+        price_per_hour: config.price_per_hour,
     };
     Router::new()
         .route("/", get(dashboard))
@@ -220,8 +227,25 @@ async fn stats(State(state): State<AppState>) -> Response {
         "models": models,
         "model_events": e.models().events(),
         "store": e.store_description(),
+        "cost": cost_now(&state),
     }))
     .into_response()
+}
+
+/// The cost per 1000 predictions at the recent request rate, when a price
+/// is configured.
+pub(crate) fn cost_now(state: &AppState) -> serde_json::Value {
+    match state.price_per_hour {
+        Some(price) => {
+            let rps = state.latency.recent().throughput;
+            json!({
+                "price_per_hour": price,
+                "recent_rps": rps,
+                "per_1k_predictions": tandem_core::cost::serving_cost_per_1k(price, rps),
+            })
+        }
+        None => serde_json::Value::Null,
+    }
 }
 
 async fn sla(State(state): State<AppState>) -> Response {

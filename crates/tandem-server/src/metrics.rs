@@ -216,6 +216,12 @@ pub async fn render(State(state): State<AppState>) -> Response {
         metrics::counter!("tandem_cache_lookups_total", "tier" => tier, "result" => result)
             .absolute(v);
     }
+    if let Some(per_1k) = crate::cost_now(&state)
+        .get("per_1k_predictions")
+        .and_then(serde_json::Value::as_f64)
+    {
+        metrics::gauge!("tandem_cost_per_1k_predictions").set(per_1k);
+    }
     let (health, _) = e.stats().health();
     for (name, h) in [
         ("healthy", tandem_engine::Health::Healthy),

@@ -89,3 +89,44 @@ pub fn document_value() -> Value {
 pub async fn document() -> Response {
     axum::Json(document_value()).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_api_lists_every_route() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let v = document_value();
+        let mut missing = Vec::new();
+        for (route, ops) in v["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let heading = format!("### `{} {route}`", method.to_uppercase());
+                let mut codes: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+                codes.sort();
+                let statuses = format!(
+                    "Statuses: {}.",
+                    codes
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                // The heading, then (first thing after it) the statuses.
+                let found = doc
+                    .split("\n### ")
+                    .find(|sec| sec.starts_with(&heading[4..]))
+                    .is_some_and(|sec| sec.lines().nth(2) == Some(statuses.as_str()));
+                if !found {
+                    missing.push(format!("{heading} / {statuses}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/api.md lacks:\n{}",
+            missing.join("\n")
+        );
+    }
+}
