@@ -179,10 +179,10 @@ fn against_tandem_serve_with_stats_chart_and_comparison() {
     let a = dir.path().join("a.json");
     let b = dir.path().join("b.json");
     let chart = dir.path().join("a.svg");
-    let run = |json: &std::path::Path, extra: &[&str]| {
+    let run = |base: &str, json: &std::path::Path, extra: &[&str]| {
         let mut args = vec![
             "bench",
-            &serve.base,
+            base,
             "-c",
             "8",
             "-n",
@@ -209,7 +209,7 @@ fn against_tandem_serve_with_stats_chart_and_comparison() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    let table = run(&a, &["--chart", s(&chart)]);
+    let table = run(&serve.base, &a, &["--chart", s(&chart)]);
     assert!(table.contains("sources"), "{table}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&a).unwrap()).unwrap();
     assert_eq!(r["statuses"]["200"], 1000, "{r}");
@@ -235,8 +235,18 @@ fn against_tandem_serve_with_stats_chart_and_comparison() {
         &svg[..200.min(svg.len())]
     );
 
-    // A second config: every request computed in real time.
-    run(&b, &["--query", "mode=realtime_only"]);
+    // A second tandem with another config: every request computed in real
+    // time, small batches.
+    let store2 = dir.path().join("t2.redb");
+    serve_common::tandem_ok(&["materialize", "--input", s(&csv), "--store", s(&store2)]);
+    let second = Serve::start(
+        &["--model", s(&model), "--store", s(&store2)],
+        &[
+            ("TANDEM__HYBRID__MODE", "realtime_only"),
+            ("TANDEM__BATCHING__MAX_BATCH_SIZE", "4"),
+        ],
+    );
+    run(&second.base, &b, &[]);
     let rb: Value = serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
     assert_eq!(
         rb["server"]["answers"]["realtime"], 1000,
