@@ -166,6 +166,28 @@ pub async fn run_batch(
     progress: &dyn Progress,
 ) -> Result<BatchSummary, BatchError> {
     let started = Instant::now();
+    let result = run_batch_inner(opts, progress).await;
+    let totals = result.as_ref().map(|s| crate::telemetry::Totals {
+        read: s.rows_read,
+        scored: s.rows_scored,
+        written: s.rows_written,
+        skipped: s.rows_skipped,
+        filled: s.filled.values().sum(),
+        wall_seconds: s.wall_seconds,
+    });
+    crate::telemetry::finished(
+        "batch",
+        totals.as_ref().map_err(|_| ()),
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+async fn run_batch_inner(
+    opts: &BatchOptions,
+    progress: &dyn Progress,
+) -> Result<BatchSummary, BatchError> {
+    let started = Instant::now();
     let computed_at = SystemTime::now();
     crate::plan::check_shard(opts.shard)?;
     if opts.ttl.is_zero() {

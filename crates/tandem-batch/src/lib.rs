@@ -11,6 +11,7 @@ pub mod job;
 pub mod materialize;
 pub mod plan;
 pub mod rows;
+mod telemetry;
 pub mod udf;
 
 pub use error::BatchError;

@@ -107,6 +107,28 @@ pub async fn run_materialize(
     progress: &dyn Progress,
 ) -> Result<MaterializeSummary, BatchError> {
     let started = Instant::now();
+    let result = run_materialize_inner(opts, progress).await;
+    let totals = result.as_ref().map(|s| crate::telemetry::Totals {
+        read: s.rows_read,
+        scored: 0,
+        written: s.rows_written,
+        skipped: s.rows_skipped,
+        filled: s.filled.values().sum(),
+        wall_seconds: s.wall_seconds,
+    });
+    crate::telemetry::finished(
+        "materialize",
+        totals.as_ref().map_err(|_| ()),
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+async fn run_materialize_inner(
+    opts: &MaterializeOptions,
+    progress: &dyn Progress,
+) -> Result<MaterializeSummary, BatchError> {
+    let started = Instant::now();
     crate::plan::check_shard(opts.shard)?;
     let model = match &opts.model {
         Some(p) => Some(Model::load(p)?),

@@ -37,6 +37,10 @@ pub const AGE_SECONDS: &[f64] = &[
     86_400.0,
     7.0 * 86_400.0,
 ];
+/// Batch job durations in seconds: 1 s .. 4 h.
+pub const JOB_SECONDS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14_400.0,
+];
 /// Model batch size buckets in rows.
 pub const ROWS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 8192.0,
@@ -47,6 +51,7 @@ fn buckets(name: &str) -> &'static [f64] {
     match name {
         "tandem_prediction_age_seconds" => AGE_SECONDS,
         "tandem_model_batch_rows" => ROWS,
+        "tandem_batch_duration_seconds" => JOB_SECONDS,
         _ => SECONDS,
     }
 }
