@@ -43,8 +43,33 @@ pub struct Config {
     pub sla: SlaSection,
     /// Prices, for the cost gauge.
     pub cost: CostSection,
+    /// Trace export.
+    pub tracing: TracingSection,
     /// Per-feature source and default, by feature name.
     pub features: BTreeMap<String, FeatureOverride>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    /// An OTLP/HTTP traces endpoint (like
+    /// `http://collector:4318/v1/traces`); unset, nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` or `http/json`.
+    pub otlp_protocol: String,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        TracingSection {
+            otlp_endpoint: None,
+            otlp_protocol: "http/protobuf".into(),
+            service_name: "tandem".into(),
+        }
+    }
 }
 
 /// `[cost]`.

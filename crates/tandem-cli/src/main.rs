@@ -8,6 +8,7 @@ mod input;
 mod models;
 mod quickstart;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 

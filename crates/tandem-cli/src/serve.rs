@@ -82,25 +82,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `tandem serve`, calling `on_listening` once it listens.
 pub fn serve_with(args: ServeArgs, on_listening: Option<OnListening>) -> anyhow::Result<ExitCode> {
-    let default_level = if args.quiet { "warn" } else { "info" };
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
-    };
-    let _ = match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
-            .try_init(),
-    };
     let flags = Overrides {
         model: args.model,
         store: args.store,
@@ -108,11 +89,19 @@ pub fn serve_with(args: ServeArgs, on_listening: Option<OnListening>) -> anyhow:
         listen: args.listen,
     };
     let settings = config::load(args.config.as_deref(), &flags)?;
+    let telemetry = crate::telemetry::init(
+        args.log_format == LogFormat::Json,
+        if args.quiet { "warn" } else { "info" },
+        &settings.config.tracing,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(settings, on_listening))?;
+    let result = runtime.block_on(run(settings, on_listening));
+    drop(runtime);
+    telemetry.shutdown();
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
