@@ -13,7 +13,9 @@ pub mod plan;
 pub mod rows;
 mod telemetry;
 pub mod udf;
+pub mod warm;
 
 pub use error::BatchError;
 pub use job::{BatchOptions, BatchSummary, NoProgress, Progress, new_run_id, run_batch};
 pub use materialize::{MaterializeOptions, MaterializeSummary, run_materialize};
+pub use warm::{WarmOptions, WarmSummary, WarmTargets, run_warm};

@@ -7,7 +7,10 @@ use tandem_core::parse_duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tandem_batch::{BatchOptions, MaterializeOptions, Progress, run_batch, run_materialize};
+use tandem_batch::{
+    BatchOptions, MaterializeOptions, Progress, WarmOptions, WarmTargets, run_batch,
+    run_materialize, run_warm,
+};
 
 /// Flags shared by `batch` and `materialize`.
 #[derive(Debug, Args)]
@@ -87,6 +90,99 @@ pub struct MaterializeArgs {
     /// TTL of the stored features (default: none).
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
+}
+
+/// Arguments of `tandem warm`.
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// The ONNX model (its sidecar .toml must name the features).
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Prediction store (and activity log): PATH.redb, redis://..., ...
+    #[arg(long)]
+    store: String,
+    /// Feature store, when not the prediction store.
+    #[arg(long)]
+    feature_store: Option<String>,
+    /// Warm the K most active entities of the look-back window (from the
+    /// activity `tandem serve` records).
+    #[arg(
+        long,
+        value_name = "K",
+        conflicts_with = "entities",
+        required_unless_present = "entities"
+    )]
+    top_k: Option<usize>,
+    /// The look-back window for --top-k.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    lookback: Duration,
+    /// Warm the entities of this file instead, one id per line.
+    #[arg(long, value_name = "FILE")]
+    entities: Option<PathBuf>,
+    /// TTL of the predictions written.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Value given to missing and non-finite features.
+    #[arg(long, default_value_t = 0.0)]
+    fill: f64,
+    /// Run id carried by every record (default: generated).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `tandem warm`. Exit codes: 0 every entity warmed; 1 some skipped
+/// (no features) or failed; 2 the run failed.
+pub fn warm(args: WarmArgs) -> anyhow::Result<ExitCode> {
+    let targets = match (args.top_k, &args.entities) {
+        (Some(0), _) => anyhow::bail!("--top-k must be at least 1"),
+        (Some(k), _) => WarmTargets::TopK {
+            k,
+            lookback: args.lookback,
+        },
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let ids: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            WarmTargets::Entities(ids)
+        }
+        (None, None) => anyhow::bail!("give --top-k K or --entities FILE"),
+    };
+    let mut opts = WarmOptions::new(args.model, args.store, targets);
+    opts.feature_store = args.feature_store;
+    opts.ttl = args.ttl;
+    opts.fill = args.fill as f32;
+    opts.run_id = args.run_id;
+    let bar = Bar::new();
+    let s = runtime()?.block_on(run_warm(&opts, &bar))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "warm {}: model {} v{} ({})\n  requested    {}\n  warmed       {}\n  skipped      {} ({})\n  failed       {} ({})\n  filled       {}\n  wall time    {:.2} s ({:.0} entities/s)",
+            s.run_id,
+            s.model,
+            s.version,
+            s.targets,
+            s.requested,
+            s.warmed,
+            s.skipped.values().sum::<u64>(),
+            counts(&s.skipped),
+            s.failed.values().sum::<u64>(),
+            counts(&s.failed),
+            s.filled,
+            s.wall_seconds,
+            s.rows_per_second,
+        );
+    }
+    Ok(ExitCode::from(s.exit_code()))
 }
 
 fn parse_shard(s: &str) -> Result<(u32, u32), String> {

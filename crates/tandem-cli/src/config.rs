@@ -45,8 +45,33 @@ pub struct Config {
     pub cost: CostSection,
     /// Trace export.
     pub tracing: TracingSection,
+    /// Activity tracking.
+    pub activity: ActivitySection,
     /// Per-feature source and default, by feature name.
     pub features: BTreeMap<String, FeatureOverride>,
+}
+
+/// `[activity]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivitySection {
+    /// Count every entity asked for in the store's activity log (for
+    /// `tandem warm --top-k`).
+    pub enabled: bool,
+    /// Share of requests recorded (0..1), for very high rates.
+    pub sample: f64,
+    /// Entity ids waiting to be written; beyond, they are dropped (counted).
+    pub queue: usize,
+}
+
+impl Default for ActivitySection {
+    fn default() -> Self {
+        ActivitySection {
+            enabled: true,
+            sample: 1.0,
+            queue: 65_536,
+        }
+    }
 }
 
 /// `[tracing]`.
@@ -449,6 +474,12 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
     if window.as_secs() == 0 || window.as_secs() > 3600 {
         bail!("config key health.window: must be between 1s and 1h");
     }
+    if !(config.activity.sample > 0.0 && config.activity.sample <= 1.0) {
+        bail!(
+            "config key activity.sample: must be in (0, 1], got {}",
+            config.activity.sample
+        );
+    }
     if config.realtime.utc_offset_minutes.abs() > 18 * 60 {
         bail!("config key realtime.utc_offset_minutes: must be within +-1080");
     }
@@ -471,6 +502,11 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
             max_ttl: duration("memory.max_ttl", &config.memory.max_ttl)?,
         },
         store_reads_in_flight: config.store.reads_in_flight,
+        activity: tandem_engine::ActivityConfig {
+            enabled: config.activity.enabled,
+            sample: config.activity.sample,
+            queue: config.activity.queue.max(1),
+        },
     };
     let sla = SlaTargets {
         p99_ms: config.sla.p99_ms,

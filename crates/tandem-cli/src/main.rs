@@ -42,6 +42,9 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Load entity features from Parquet/CSV into the feature store.
     Materialize(batch::MaterializeArgs),
+    /// Score the most active entities (or a list) ahead of demand, from the
+    /// feature store, as fresh predictions.
+    Warm(batch::WarmArgs),
     /// Serve predictions over HTTP: the native entity API (hybrid policy),
     /// TF Serving REST and KServe V2.
     Serve(serve::ServeArgs),
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Models(cmd) => models::run(cmd),
         Command::Batch(args) => batch::batch(args),
         Command::Materialize(args) => batch::materialize(args),
+        Command::Warm(args) => batch::warm(args),
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
         Command::Cost(args) => cost::cost(args),

@@ -13,6 +13,7 @@
 //! - answer sources are counted over a sliding window for the health status
 //!   ([`stats`]); models are polled for new versions ([`models`]).
 
+pub mod activity;
 pub mod batcher;
 pub mod coalesce;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod stats;
 pub mod telemetry;
 pub mod writeback;
 
+pub use activity::{ActivityConfig, ActivityCounts};
 pub use batcher::{Batcher, BatcherConfig};
 pub use error::EngineError;
 pub use models::{ModelEvent, Models};

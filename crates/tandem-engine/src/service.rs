@@ -19,6 +19,7 @@ use tandem_store::{
 };
 use tokio::time::timeout_at;
 
+use crate::activity::{Activity, ActivityConfig};
 use crate::batcher::{Batcher, BatcherConfig, Output, Runner, Want};
 use crate::coalesce::Coalescing;
 use crate::error::EngineError;
@@ -58,6 +59,8 @@ pub struct EngineConfig {
     /// this many merged reads in flight per kind (0: every request reads on
     /// its own).
     pub store_reads_in_flight: usize,
+    /// Activity tracking (entities asked for, for `tandem warm`).
+    pub activity: ActivityConfig,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             stale_on_new_version: true,
             memory: MemoryTierConfig::default(),
             store_reads_in_flight: 4,
+            activity: ActivityConfig::default(),
         }
     }
 }
@@ -150,6 +154,7 @@ pub struct Engine {
     features: Arc<dyn FeatureStore>,
     batcher: Batcher,
     writer: WriteBack,
+    activity: Activity,
     stats: Arc<Stats>,
 }
 
@@ -204,6 +209,7 @@ impl Engine {
         let tiers = TieredPredictions::new(memory, reads);
         let writer = WriteBack::start(store.clone(), config.write_queue, stats.clone());
         let batcher = Batcher::start(config.batcher);
+        let activity = Activity::start(store.clone(), config.activity);
         Engine {
             config,
             models,
@@ -213,6 +219,7 @@ impl Engine {
             features,
             batcher,
             writer,
+            activity,
             stats,
         }
     }
@@ -276,9 +283,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops taking store writes and waits for the queued ones.
+    /// Stops taking store writes and activity, and waits for the queued
+    /// ones.
     pub async fn flush(&self) {
         self.writer.flush().await;
+        self.activity.flush().await;
+    }
+
+    /// Activity tracking counts.
+    pub fn activity(&self) -> crate::activity::ActivityCounts {
+        self.activity.counts()
     }
 
     /// Answers an entity request: one result per entity, in order. The
@@ -303,6 +317,7 @@ impl Engine {
         let now = SystemTime::now();
         let n = req.entities.len();
         let ids: Vec<String> = req.entities.iter().map(|e| e.entity.clone()).collect();
+        self.activity.record(&ids);
         let mut answers: Vec<Option<Result<Answer, EngineError>>> = vec![None; n];
         let mut pending: Vec<Pending> = (0..n).map(|_| Pending::default()).collect();
 

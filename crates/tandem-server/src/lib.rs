@@ -228,6 +228,7 @@ async fn stats(State(state): State<AppState>) -> Response {
         "model_events": e.models().events(),
         "store": e.store_description(),
         "cost": cost_now(&state),
+        "activity": e.activity(),
     }))
     .into_response()
 }
