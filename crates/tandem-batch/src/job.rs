@@ -296,6 +296,7 @@ async fn run_batch_inner(
                         source: PredictionSource::Batch,
                         run_id: Some(run.clone()),
                         digest: Some(row.digest.into()),
+                        inputs: row.inputs.map(Into::into),
                     },
                     ttl: opts.ttl,
                 });
@@ -391,6 +392,8 @@ pub(crate) struct ScoredRow {
     pub id: String,
     pub prediction: f64,
     pub digest: String,
+    /// The inputs, packed ([`tandem_core::record::pack_inputs`]).
+    pub inputs: Option<String>,
 }
 
 /// Applies the row rules to one scored batch (`entity_id`, `f0..`,
@@ -441,6 +444,7 @@ fn score_batch(
             id: id.to_owned(),
             prediction,
             digest: feature_digest(&row_values),
+            inputs: Some(tandem_core::record::pack_inputs(&row_values)),
         });
     }
     Ok(out)

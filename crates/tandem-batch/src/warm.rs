@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tandem_core::digest::feature_digest;
-use tandem_core::record::unix_seconds;
+use tandem_core::record::{pack_inputs, unix_seconds};
 use tandem_core::{FeatureBatch, PredictionRecord, PredictionSource};
 use tandem_model::Model;
 use tandem_store::{PredictionEntry, Store};
@@ -215,6 +215,7 @@ pub async fn run_warm(
                                 source: PredictionSource::Batch,
                                 run_id: Some(run_id.clone()),
                                 digest: Some(feature_digest(row).into()),
+                                inputs: Some(pack_inputs(row).into()),
                             },
                             ttl: opts.ttl,
                         })

@@ -8,8 +8,8 @@ use tandem_core::parse_duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tandem_batch::{
-    BatchOptions, MaterializeOptions, Progress, WarmOptions, WarmTargets, run_batch,
-    run_materialize, run_warm,
+    BatchOptions, MaterializeOptions, Progress, RefreshOptions, WarmOptions, WarmTargets,
+    run_batch, run_materialize, run_refresh, run_warm,
 };
 
 /// Flags shared by `batch` and `materialize`.
@@ -183,6 +183,92 @@ pub fn warm(args: WarmArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::from(s.exit_code()))
+}
+
+/// Arguments of `tandem refresh`.
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// The ONNX model.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// The current entity features: Parquet or CSV file, directory or glob.
+    #[arg(long, short)]
+    input: String,
+    /// Entity id column.
+    #[arg(long, default_value = "entity_id")]
+    id_column: String,
+    /// Feature columns in model order, comma-separated (default: the
+    /// model's feature names).
+    #[arg(long, value_delimiter = ',')]
+    features: Option<Vec<String>>,
+    /// Prediction store (and activity log).
+    #[arg(long)]
+    store: String,
+    /// Rescore entities whose features moved more than T (L2 distance)
+    /// from those their prediction was computed from.
+    #[arg(long, value_name = "T")]
+    changed_threshold: Option<f64>,
+    /// Rescore entities whose prediction is older than D (like 12h).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    older_than: Option<Duration>,
+    /// Rescore entities whose prediction another model or version made.
+    #[arg(long)]
+    model_changed: bool,
+    /// Only entities asked for within H (the activity log).
+    #[arg(long, value_name = "H", value_parser = parse_duration)]
+    active_within: Option<Duration>,
+    /// TTL of the predictions written.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Value given to missing and NaN features.
+    #[arg(long, default_value_t = 0.0)]
+    fill: f64,
+    /// Run id carried by every record written (default: generated).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Resume an interrupted refresh: entities already rescored by RUN_ID
+    /// are skipped.
+    #[arg(long, value_name = "RUN_ID", conflicts_with = "run_id")]
+    resume: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `tandem refresh`. Exit codes: 0 done; 2 failed.
+pub fn refresh(args: RefreshArgs) -> anyhow::Result<ExitCode> {
+    let mut o = RefreshOptions::new(args.model, args.input, args.store);
+    o.id_column = args.id_column;
+    o.features = args.features;
+    o.changed_threshold = args.changed_threshold;
+    o.older_than = args.older_than;
+    o.model_changed = args.model_changed;
+    o.active_within = args.active_within;
+    o.ttl = args.ttl;
+    o.fill = args.fill;
+    o.resume = args.resume.is_some();
+    o.run_id = args.resume.or(args.run_id);
+    let bar = Bar::new();
+    let s = runtime()?.block_on(run_refresh(&o, &bar))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "refresh {}: model {} v{}\n  checked      {}\n  rescored     {} ({:.1} %: {})\n  unchanged    {}\n  inactive     {}\n  already done {}\n  wall time    {:.2} s",
+            s.run_id,
+            s.model,
+            s.version,
+            s.checked,
+            s.rescored,
+            s.rescored_fraction * 100.0,
+            counts(&s.reasons),
+            s.unchanged,
+            s.inactive,
+            s.already_done,
+            s.wall_seconds,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_shard(s: &str) -> Result<(u32, u32), String> {

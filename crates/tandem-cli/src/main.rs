@@ -45,6 +45,9 @@ enum Command {
     /// Score the most active entities (or a list) ahead of demand, from the
     /// feature store, as fresh predictions.
     Warm(batch::WarmArgs),
+    /// Rescore only the entities that need it: features drifted, prediction
+    /// too old, made by another model version; optionally only the active.
+    Refresh(batch::RefreshArgs),
     /// Serve predictions over HTTP: the native entity API (hybrid policy),
     /// TF Serving REST and KServe V2.
     Serve(serve::ServeArgs),
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Batch(args) => batch::batch(args),
         Command::Materialize(args) => batch::materialize(args),
         Command::Warm(args) => batch::warm(args),
+        Command::Refresh(args) => batch::refresh(args),
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
         Command::Cost(args) => cost::cost(args),

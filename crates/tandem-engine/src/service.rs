@@ -421,6 +421,7 @@ impl Engine {
                             source: PredictionSource::Batch,
                             run_id: None,
                             digest: None,
+                            inputs: None,
                         }),
                         _ => None,
                     });
@@ -643,6 +644,7 @@ impl Engine {
                 digest: Some(Arc::from(feature_digest(
                     &values[k * width..(k + 1) * width],
                 ))),
+                inputs: None,
             };
             let warnings = std::mem::take(&mut pending[i].warnings);
             answers[i] = Some(Ok(answer(
@@ -709,6 +711,7 @@ impl Engine {
                     source: PredictionSource::Default,
                     run_id: None,
                     digest: None,
+                    inputs: None,
                 };
                 Ok(answer(
                     entity,
@@ -842,6 +845,7 @@ mod tests {
             source: PredictionSource::Batch,
             run_id: None,
             digest: None,
+            inputs: None,
         }
     }
 

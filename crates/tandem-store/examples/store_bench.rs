@@ -31,6 +31,7 @@ fn record(i: usize) -> PredictionRecord {
         source: PredictionSource::Batch,
         run_id: Some("0193a5c2-7d4e-7b1a-9f3e-2c5d8e1f4a6b".into()),
         digest: Some(format!("{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).into()),
+        inputs: None,
     }
 }
 

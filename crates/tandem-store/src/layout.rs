@@ -177,6 +177,7 @@ mod tests {
             source: PredictionSource::Batch,
             run_id: Some("run-1".into()),
             digest: None,
+            inputs: None,
         };
         let json = String::from_utf8(encode_prediction(&r)).unwrap();
         assert!(

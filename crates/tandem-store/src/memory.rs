@@ -92,6 +92,7 @@ impl Cached {
                 Digest::Hex16(d) => Some(format!("{d:016x}").into()),
                 Digest::Other(s) => Some(s.clone()),
             },
+            inputs: None,
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn record(i: usize) -> PredictionRecord {
         },
         run_id: Some("run-7".into()),
         digest: Some(format!("{i:016x}").into()),
+        inputs: None,
     }
 }
 

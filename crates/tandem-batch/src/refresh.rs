@@ -1,0 +1,362 @@
+//! `tandem refresh`: rescore only the entities that need it. The current
+//! features come from the input (Parquet or CSV, as for `tandem batch`);
+//! each entity's stored prediction is read and the entity is rescored when
+//! it passes every filter and meets any reason:
+//!
+//! - filter `active_within`: asked for in that window (the activity log);
+//! - reason `missing`: no stored prediction;
+//! - reason `model_changed`: made by another model or version;
+//! - reason `older`: older than `older_than`;
+//! - reason `changed`: its features moved more than `changed_threshold`
+//!   (L2) from those the prediction was computed from. An identical
+//!   digest means no change, exactly; otherwise the distance is taken to
+//!   the inputs the record keeps (half floats,
+//!   [`tandem_core::record::pack_inputs`]); a record without them (written
+//!   before, or by the real-time path) counts as changed.
+//!
+//! Rescored records carry the run id; `resume` skips entities already
+//! rescored by it, so an interrupted run finishes where it stopped, and a
+//! rerun after success finds nothing left to do (idempotent).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use datafusion::arrow::array::Array;
+use datafusion::arrow::datatypes::Schema;
+use futures::StreamExt;
+use serde::Serialize;
+use tandem_core::digest::feature_digest;
+use tandem_core::record::{l2_distance, pack_inputs, unix_seconds, unpack_inputs};
+use tandem_core::{FeatureBatch, PredictionRecord, PredictionSource};
+use tandem_model::Model;
+use tandem_store::{PredictionEntry, Store, StoreError};
+
+use crate::error::BatchError;
+use crate::job::{Progress, count_rows, doubles, new_run_id, open_store, strings};
+use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RefreshOptions {
+    /// The model.
+    pub model: PathBuf,
+    /// The current features (file, directory or glob).
+    pub input: String,
+    /// The id column.
+    pub id_column: String,
+    /// Feature columns (default: the model's names).
+    pub features: Option<Vec<String>>,
+    /// Prediction store (and activity log).
+    pub store: String,
+    /// Reason: features moved more than this (L2).
+    pub changed_threshold: Option<f64>,
+    /// Reason: prediction older than this.
+    pub older_than: Option<Duration>,
+    /// Reason: made by another model or version.
+    pub model_changed: bool,
+    /// Filter: asked for within this window.
+    pub active_within: Option<Duration>,
+    /// TTL of the predictions written.
+    pub ttl: Duration,
+    /// Value of missing or NaN features.
+    pub fill: f64,
+    /// The run id (generated when `None`).
+    pub run_id: Option<String>,
+    /// Skip entities already rescored by `run_id`.
+    pub resume: bool,
+    /// Entities per store read, model call and write.
+    pub chunk: usize,
+}
+
+impl RefreshOptions {
+    /// No reason set yet: give at least one.
+    pub fn new(
+        model: impl Into<PathBuf>,
+        input: impl Into<String>,
+        store: impl Into<String>,
+    ) -> Self {
+        RefreshOptions {
+            model: model.into(),
+            input: input.into(),
+            id_column: "entity_id".into(),
+            features: None,
+            store: store.into(),
+            changed_threshold: None,
+            older_than: None,
+            model_changed: false,
+            active_within: None,
+            ttl: Duration::from_secs(24 * 3600),
+            fill: 0.0,
+            run_id: None,
+            resume: false,
+            chunk: 4096,
+        }
+    }
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshSummary {
+    /// Carried by every record written.
+    pub run_id: String,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: u64,
+    /// Entities read from the input.
+    pub checked: u64,
+    /// Entities rescored and written.
+    pub rescored: u64,
+    /// Entities left as they were.
+    pub unchanged: u64,
+    /// Entities filtered out (not active within the window).
+    pub inactive: u64,
+    /// Entities already rescored by this run (`resume`).
+    pub already_done: u64,
+    /// Rescored by reason (`missing`, `model_changed`, `older`, `changed`);
+    /// an entity counts under its first reason in that order.
+    pub reasons: BTreeMap<String, u64>,
+    /// `rescored / checked`.
+    pub rescored_fraction: f64,
+    /// Wall time in seconds.
+    pub wall_seconds: f64,
+}
+
+enum Decision {
+    Rescore(&'static str),
+    Keep,
+    Done,
+}
+
+struct Judge<'a> {
+    opts: &'a RefreshOptions,
+    model: &'a Model,
+    run_id: &'a str,
+    now: SystemTime,
+}
+
+impl Judge<'_> {
+    fn decide(
+        &self,
+        found: &Result<PredictionRecord, StoreError>,
+        row: &[f32],
+    ) -> Result<Decision, BatchError> {
+        let record = match found {
+            Ok(r) => r,
+            Err(StoreError::NotFound { .. } | StoreError::Corrupt { .. }) => {
+                return Ok(Decision::Rescore("missing"));
+            }
+            Err(e) => return Err(BatchError::Store(e.clone())),
+        };
+        if self.opts.resume && record.run_id.as_deref() == Some(self.run_id) {
+            return Ok(Decision::Done);
+        }
+        if self.opts.model_changed
+            && (*record.model != *self.model.name() || record.version != self.model.version())
+        {
+            return Ok(Decision::Rescore("model_changed"));
+        }
+        if let Some(d) = self.opts.older_than
+            && record.age(self.now) > d
+        {
+            return Ok(Decision::Rescore("older"));
+        }
+        if let Some(t) = self.opts.changed_threshold {
+            let digest = feature_digest(row);
+            if record.digest.as_deref() != Some(digest.as_str()) {
+                let distance = record
+                    .inputs
+                    .as_deref()
+                    .and_then(unpack_inputs)
+                    .and_then(|old| l2_distance(&old, row));
+                match distance {
+                    Some(d) if d <= t => {}
+                    _ => return Ok(Decision::Rescore("changed")),
+                }
+            }
+        }
+        Ok(Decision::Keep)
+    }
+}
+
+/// Runs a refresh.
+pub async fn run_refresh(
+    opts: &RefreshOptions,
+    progress: &dyn Progress,
+) -> Result<RefreshSummary, BatchError> {
+    let started = Instant::now();
+    if opts.changed_threshold.is_none() && opts.older_than.is_none() && !opts.model_changed {
+        return Err(BatchError::Invalid(
+            "nothing to refresh on: give --changed-threshold, --older-than and/or --model-changed"
+                .into(),
+        ));
+    }
+    if let Some(t) = opts.changed_threshold
+        && !(t.is_finite() && t >= 0.0)
+    {
+        return Err(BatchError::Invalid(format!(
+            "--changed-threshold must be a number >= 0, got {t}"
+        )));
+    }
+    if opts.ttl.is_zero() {
+        return Err(BatchError::Invalid("--ttl must be positive".into()));
+    }
+    if opts.resume && opts.run_id.is_none() {
+        return Err(BatchError::Invalid(
+            "--resume needs the run id to resume".into(),
+        ));
+    }
+    let model = Arc::new(Model::load(&opts.model)?);
+    let input = InputSpec::resolve(&opts.input)?;
+    let store: Arc<dyn Store> = open_store(Some(&opts.store))
+        .await?
+        .ok_or_else(|| BatchError::Invalid("no store".into()))?;
+    let ctx = session(&input, None).await?;
+    let base = base_query(None, None);
+    let schema: Schema = ctx.sql(&base).await?.schema().as_arrow().clone();
+    let features = resolve_features(&schema, &opts.id_column, opts.features.as_deref(), &model)?;
+    let active: Option<HashSet<String>> = match opts.active_within {
+        Some(w) => Some(
+            store
+                .top_active(usize::MAX, w, SystemTime::now())
+                .await?
+                .into_iter()
+                .map(|a| a.entity)
+                .collect(),
+        ),
+        None => None,
+    };
+    let run_id = opts
+        .run_id
+        .clone()
+        .unwrap_or_else(|| new_run_id().replacen("run-", "refresh-", 1));
+    let run: Arc<str> = Arc::from(run_id.as_str());
+    let judge = Judge {
+        opts,
+        model: &model,
+        run_id: &run_id,
+        now: SystemTime::now(),
+    };
+    let mut s = RefreshSummary {
+        run_id: run_id.clone(),
+        model: model.name().to_string(),
+        version: model.version(),
+        checked: 0,
+        rescored: 0,
+        unchanged: 0,
+        inactive: 0,
+        already_done: 0,
+        reasons: BTreeMap::new(),
+        rescored_fraction: 0.0,
+        wall_seconds: 0.0,
+    };
+    let total = if input.format == crate::plan::Format::Parquet {
+        count_rows(&ctx).await
+    } else {
+        None
+    };
+    progress.start(total);
+    let query = scoring_query(&base, &opts.id_column, &features, None, false);
+    let mut stream = ctx.sql(&query).await?.execute_stream().await?;
+    let timestamp = unix_seconds(SystemTime::now());
+    let model_name: Arc<str> = Arc::from(model.name());
+    let mut ids: Vec<String> = Vec::with_capacity(opts.chunk);
+    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(opts.chunk);
+    let chunk = opts.chunk.max(1);
+    loop {
+        let next = stream.next().await;
+        let done = next.is_none();
+        if let Some(batch) = next {
+            let batch = batch?;
+            let id_col = strings(batch.column(0))?;
+            let cols: Vec<_> = (0..features.len())
+                .map(|f| doubles(batch.column(1 + f)))
+                .collect::<Result<_, _>>()?;
+            for r in 0..batch.num_rows() {
+                if !id_col.is_valid(r) {
+                    continue;
+                }
+                let row: Vec<f32> = cols
+                    .iter()
+                    .map(|c| {
+                        let v = if c.is_null(r) || c.value(r).is_nan() {
+                            opts.fill
+                        } else {
+                            c.value(r)
+                        };
+                        v as f32
+                    })
+                    .collect();
+                ids.push(id_col.value(r).to_string());
+                rows.push(row);
+            }
+            progress.advance(batch.num_rows() as u64);
+        }
+        if ids.len() >= chunk || (done && !ids.is_empty()) {
+            let ids = std::mem::take(&mut ids);
+            let rows = std::mem::take(&mut rows);
+            s.checked += ids.len() as u64;
+            let found = store.get_predictions(&ids).await?;
+            let mut pick: Vec<usize> = Vec::new();
+            for (i, f) in found.iter().enumerate() {
+                if let Some(active) = &active
+                    && !active.contains(&ids[i])
+                {
+                    s.inactive += 1;
+                    continue;
+                }
+                match judge.decide(f, &rows[i])? {
+                    Decision::Rescore(why) => {
+                        *s.reasons.entry(why.to_string()).or_default() += 1;
+                        pick.push(i);
+                    }
+                    Decision::Keep => s.unchanged += 1,
+                    Decision::Done => s.already_done += 1,
+                }
+            }
+            if !pick.is_empty() {
+                let picked: Vec<Vec<f32>> = pick.iter().map(|i| rows[*i].clone()).collect();
+                let batch = FeatureBatch::from_rows(&picked)
+                    .map_err(|e| BatchError::Invalid(format!("building a batch: {e}")))?;
+                let m = model.clone();
+                let p = tokio::task::spawn_blocking(move || m.predict(&batch))
+                    .await
+                    .map_err(|e| BatchError::Invalid(format!("the model panicked: {e}")))??;
+                let entries: Vec<PredictionEntry> = pick
+                    .iter()
+                    .enumerate()
+                    .map(|(k, i)| PredictionEntry {
+                        entity: ids[*i].clone(),
+                        record: PredictionRecord {
+                            prediction: f64::from(p.row(k)[0]),
+                            timestamp,
+                            values: None,
+                            model: model_name.clone(),
+                            version: model.version(),
+                            source: PredictionSource::Batch,
+                            run_id: Some(run.clone()),
+                            digest: Some(feature_digest(&rows[*i]).into()),
+                            inputs: Some(pack_inputs(&rows[*i]).into()),
+                        },
+                        ttl: opts.ttl,
+                    })
+                    .collect();
+                store.put_predictions(&entries).await?;
+                s.rescored += entries.len() as u64;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    progress.finish();
+    s.rescored_fraction = if s.checked == 0 {
+        0.0
+    } else {
+        s.rescored as f64 / s.checked as f64
+    };
+    s.wall_seconds = started.elapsed().as_secs_f64();
+    Ok(s)
+}

@@ -1,0 +1,245 @@
+//! `tandem refresh`, the real binary over the embedded store, checked
+//! entity by entity: drifted features, old predictions, a new model
+//! version, the active-only filter, missing predictions, and reruns that
+//! find nothing left to do.
+
+mod serve_common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use serve_common::{WIDTH, add_version, churn_repo, predict, s, tandem, tandem_ok, value};
+use tandem_core::PredictionRecord;
+use tandem_model::Model;
+
+/// A CSV of e0..e(n-1); `shift(i)` is added to feature f0 of entity i.
+fn write(path: &Path, n: usize, shift: impl Fn(usize) -> f64) {
+    let mut s = String::from("entity_id");
+    for f in 0..WIDTH {
+        s.push_str(&format!(",f{f}"));
+    }
+    s.push('\n');
+    for i in 0..n {
+        s.push_str(&format!("e{i}"));
+        for f in 0..WIDTH {
+            let v = value(i, f) + if f == 0 { shift(i) } else { 0.0 };
+            s.push_str(&format!(",{v}"));
+        }
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn row(i: usize, shift: f64) -> Vec<f32> {
+    (0..WIDTH)
+        .map(|f| (value(i, f) + if f == 0 { shift } else { 0.0 }) as f32)
+        .collect()
+}
+
+/// Every stored record of e0..e(n-1).
+fn records(store: &Path, n: usize) -> BTreeMap<usize, PredictionRecord> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let st = tandem_store::open(s(store)).unwrap();
+        let ids: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+        let got = st.get_predictions(&ids).await.unwrap();
+        got.into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.ok().map(|r| (i, r)))
+            .collect()
+    })
+}
+
+fn refresh(args: &[&str]) -> Value {
+    let mut all = vec!["refresh"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = tandem(&all);
+    assert!(
+        out.status.success(),
+        "{all:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn rescored_set(store: &Path, n: usize, run: &str) -> Vec<usize> {
+    records(store, n)
+        .into_iter()
+        .filter(|(_, r)| r.run_id.as_deref() == Some(run))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn refresh_rescores_exactly_what_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let v1 = repo.join("churn/1/model.onnx");
+    let store = dir.path().join("t.redb");
+    let (old, new) = (dir.path().join("v1.csv"), dir.path().join("v2.csv"));
+    write(&old, 100, |_| 0.0);
+    tandem_ok(&[
+        "batch",
+        "--model",
+        s(&v1),
+        "--input",
+        s(&old),
+        "--store",
+        s(&store),
+        "--run-id",
+        "base",
+    ]);
+    // e0..e9 drift by 1.0, e10..e19 by 0.001; e100 is new.
+    let shift = |i: usize| match i {
+        0..=9 => 1.0,
+        10..=19 => 0.001,
+        _ => 0.0,
+    };
+    write(&new, 101, shift);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let r = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        s(&store),
+        "--changed-threshold",
+        "0.1",
+        "--run-id",
+        "drift",
+    ]);
+    assert_eq!(r["checked"], 101);
+    assert_eq!(r["rescored"], 11, "{r}");
+    assert_eq!(r["reasons"]["changed"], 10);
+    assert_eq!(r["reasons"]["missing"], 1);
+    assert_eq!(r["unchanged"], 90);
+    assert!((r["rescored_fraction"].as_f64().unwrap() - 11.0 / 101.0).abs() < 1e-12);
+    // Entity by entity: e0..e9 and e100 carry the refresh, with the model's
+    // prediction on their new features; the rest still carry the batch run.
+    let model = Model::load(&v1).unwrap();
+    let recs = records(&store, 101);
+    for (i, rec) in &recs {
+        let want_run = if *i < 10 || *i == 100 {
+            "drift"
+        } else {
+            "base"
+        };
+        assert_eq!(rec.run_id.as_deref(), Some(want_run), "e{i}");
+        if want_run == "drift" {
+            let want = predict(&model, &[row(*i, shift(*i))])[0];
+            assert!((rec.prediction - want).abs() < 1e-6, "e{i}");
+            assert!(rec.inputs.is_some());
+        }
+    }
+    // Idempotent: nothing left.
+    let again = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        s(&store),
+        "--changed-threshold",
+        "0.1",
+    ]);
+    assert_eq!(again["rescored"], 0, "{again}");
+
+    // Older than 1 s: the batch run's records (e10..e99), not the fresh ones.
+    let r = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        s(&store),
+        "--older-than",
+        "1s",
+        "--run-id",
+        "old",
+    ]);
+    assert_eq!(r["reasons"]["older"], 90, "{r}");
+    assert_eq!(
+        rescored_set(&store, 101, "old"),
+        (10..100).collect::<Vec<_>>()
+    );
+
+    // A new model version: --model-changed rescores every entity.
+    add_version(&repo, "churn", 2, "lightgbm_regressor");
+    let v2 = repo.join("churn/2/model.onnx");
+    let r = refresh(&[
+        "--model",
+        s(&v2),
+        "--input",
+        s(&new),
+        "--store",
+        s(&store),
+        "--model-changed",
+        "--run-id",
+        "v2",
+    ]);
+    assert_eq!(r["reasons"]["model_changed"], 101, "{r}");
+    assert!(records(&store, 101).values().all(|r| r.version == 2));
+
+    // Only the active: e5 and e50 were asked for.
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let st = tandem_store::open(s(&store)).unwrap();
+            st.record_activity(&["e5".into(), "e50".into(), "e5".into()], SystemTime::now())
+                .await
+                .unwrap();
+        });
+    }
+    let r = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        s(&store),
+        "--model-changed",
+        "--active-within",
+        "1h",
+        "--run-id",
+        "active",
+    ]);
+    assert_eq!(r["rescored"], 2, "{r}");
+    assert_eq!(r["inactive"], 99);
+    assert_eq!(rescored_set(&store, 101, "active"), vec![5, 50]);
+}
+
+#[test]
+fn refresh_needs_a_reason_and_valid_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let v1 = repo.join("churn/1/model.onnx");
+    let csv = dir.path().join("f.csv");
+    write(&csv, 3, |_| 0.0);
+    let store = dir.path().join("t.redb");
+    for (extra, says) in [
+        (vec![], "nothing to refresh on"),
+        (vec!["--changed-threshold=-1"], "--changed-threshold"),
+        (vec!["--older-than", "soon"], "soon"),
+    ] {
+        let mut args = vec![
+            "refresh",
+            "--model",
+            s(&v1),
+            "--input",
+            s(&csv),
+            "--store",
+            s(&store),
+        ];
+        args.extend(extra);
+        let out = tandem(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
