@@ -19,5 +19,5 @@ pub mod warm;
 pub use error::BatchError;
 pub use job::{BatchOptions, BatchSummary, NoProgress, Progress, new_run_id, run_batch};
 pub use materialize::{MaterializeOptions, MaterializeSummary, run_materialize};
-pub use refresh::{RefreshOptions, RefreshSummary, run_refresh};
-pub use warm::{WarmOptions, WarmSummary, WarmTargets, run_warm};
+pub use refresh::{RefreshOptions, RefreshSummary, run_refresh, run_refresh_with};
+pub use warm::{Busy, WarmOptions, WarmSummary, WarmTargets, run_warm, run_warm_with};

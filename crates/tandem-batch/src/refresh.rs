@@ -36,6 +36,7 @@ use tandem_store::{PredictionEntry, Store, StoreError};
 use crate::error::BatchError;
 use crate::job::{Progress, count_rows, doubles, new_run_id, open_store, strings};
 use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
+use crate::warm::Busy;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -181,12 +182,48 @@ impl Judge<'_> {
     }
 }
 
-/// Runs a refresh.
+/// Runs a refresh, opening the model and the store it names.
 pub async fn run_refresh(
     opts: &RefreshOptions,
     progress: &dyn Progress,
 ) -> Result<RefreshSummary, BatchError> {
     let started = Instant::now();
+    let result = async {
+        check(opts)?;
+        let model = Arc::new(Model::load(&opts.model)?);
+        let store: Arc<dyn Store> = open_store(Some(&opts.store))
+            .await?
+            .ok_or_else(|| BatchError::Invalid("no store".into()))?;
+        Ok((model, store))
+    }
+    .await;
+    match result {
+        Ok((model, store)) => run_refresh_with(opts, model, store, progress, &|| false).await,
+        Err(e) => {
+            let failed: Result<RefreshSummary, BatchError> = Err(e);
+            record(&failed, started);
+            failed
+        }
+    }
+}
+
+fn record(result: &Result<RefreshSummary, BatchError>, started: Instant) {
+    let totals = result.as_ref().map(|s| crate::telemetry::Totals {
+        read: s.checked,
+        scored: s.rescored,
+        written: s.rescored,
+        skipped: 0,
+        filled: 0,
+        wall_seconds: s.wall_seconds,
+    });
+    crate::telemetry::finished(
+        "refresh",
+        totals.as_ref().map_err(|_| ()),
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+fn check(opts: &RefreshOptions) -> Result<(), BatchError> {
     if opts.changed_threshold.is_none() && opts.older_than.is_none() && !opts.model_changed {
         return Err(BatchError::Invalid(
             "nothing to refresh on: give --changed-threshold, --older-than and/or --model-changed"
@@ -208,11 +245,34 @@ pub async fn run_refresh(
             "--resume needs the run id to resume".into(),
         ));
     }
-    let model = Arc::new(Model::load(&opts.model)?);
+    Ok(())
+}
+
+/// Runs a refresh with a loaded model and an open store (a serving process
+/// passes its own), holding back while `busy` says requests are waiting.
+pub async fn run_refresh_with(
+    opts: &RefreshOptions,
+    model: Arc<Model>,
+    store: Arc<dyn Store>,
+    progress: &dyn Progress,
+    busy: Busy<'_>,
+) -> Result<RefreshSummary, BatchError> {
+    let started = Instant::now();
+    let result = refresh_inner(opts, model, store, progress, busy).await;
+    record(&result, started);
+    result
+}
+
+async fn refresh_inner(
+    opts: &RefreshOptions,
+    model: Arc<Model>,
+    store: Arc<dyn Store>,
+    progress: &dyn Progress,
+    busy: Busy<'_>,
+) -> Result<RefreshSummary, BatchError> {
+    let started = Instant::now();
+    check(opts)?;
     let input = InputSpec::resolve(&opts.input)?;
-    let store: Arc<dyn Store> = open_store(Some(&opts.store))
-        .await?
-        .ok_or_else(|| BatchError::Invalid("no store".into()))?;
     let ctx = session(&input, None).await?;
     let base = base_query(None, None);
     let schema: Schema = ctx.sql(&base).await?.schema().as_arrow().clone();
@@ -295,6 +355,7 @@ pub async fn run_refresh(
             progress.advance(batch.num_rows() as u64);
         }
         if ids.len() >= chunk || (done && !ids.is_empty()) {
+            crate::warm::yield_to(busy).await;
             let ids = std::mem::take(&mut ids);
             let rows = std::mem::take(&mut rows);
             s.checked += ids.len() as u64;

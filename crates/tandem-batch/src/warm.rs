@@ -105,16 +105,100 @@ impl WarmSummary {
     }
 }
 
-/// Runs a warm job.
+/// Whether to hold back before the next chunk (a serving process under
+/// load); a chunk waits at most [`MAX_YIELD`] for it to clear.
+pub type Busy<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
+/// The longest a chunk waits for requests to clear.
+pub const MAX_YIELD: Duration = Duration::from_millis(50);
+
+/// Waits while `busy` holds, at most [`MAX_YIELD`].
+pub(crate) async fn yield_to(busy: Busy<'_>) {
+    let until = Instant::now() + MAX_YIELD;
+    while busy() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Runs a warm job, opening the model and the stores it names.
 pub async fn run_warm(
     opts: &WarmOptions,
     progress: &dyn Progress,
 ) -> Result<WarmSummary, BatchError> {
     let started = Instant::now();
+    let result = async {
+        if opts.ttl.is_zero() {
+            return Err(BatchError::Invalid("--ttl must be positive".into()));
+        }
+        let model = Arc::new(Model::load(&opts.model)?);
+        let store: Arc<dyn Store> = open_store(Some(&opts.store))
+            .await?
+            .ok_or_else(|| BatchError::Invalid("no store".into()))?;
+        let features: Arc<dyn Store> = match &opts.feature_store {
+            Some(url) => open_store(Some(url))
+                .await?
+                .ok_or_else(|| BatchError::Invalid("no feature store".into()))?,
+            None => store.clone(),
+        };
+        Ok((model, store, features))
+    }
+    .await;
+    match result {
+        Ok((model, store, features)) => {
+            run_warm_with(opts, model, store, features, progress, &|| false).await
+        }
+        Err(e) => {
+            let failed: Result<WarmSummary, BatchError> = Err(e);
+            record(&failed, started);
+            failed
+        }
+    }
+}
+
+fn record(result: &Result<WarmSummary, BatchError>, started: Instant) {
+    let totals = result.as_ref().map(|s| crate::telemetry::Totals {
+        read: s.requested,
+        scored: s.warmed,
+        written: s.warmed,
+        skipped: s.skipped.values().sum::<u64>() + s.failed.values().sum::<u64>(),
+        filled: s.filled,
+        wall_seconds: s.wall_seconds,
+    });
+    crate::telemetry::finished(
+        "warm",
+        totals.as_ref().map_err(|_| ()),
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+/// Runs a warm job with a loaded model and open stores (a serving process
+/// passes its own), holding back while `busy` says requests are waiting.
+pub async fn run_warm_with(
+    opts: &WarmOptions,
+    model: Arc<Model>,
+    store: Arc<dyn Store>,
+    features: Arc<dyn Store>,
+    progress: &dyn Progress,
+    busy: Busy<'_>,
+) -> Result<WarmSummary, BatchError> {
+    let started = Instant::now();
+    let result = warm_inner(opts, model, store, features, progress, busy).await;
+    record(&result, started);
+    result
+}
+
+async fn warm_inner(
+    opts: &WarmOptions,
+    model: Arc<Model>,
+    store: Arc<dyn Store>,
+    features: Arc<dyn Store>,
+    progress: &dyn Progress,
+    busy: Busy<'_>,
+) -> Result<WarmSummary, BatchError> {
+    let started = Instant::now();
     if opts.ttl.is_zero() {
         return Err(BatchError::Invalid("--ttl must be positive".into()));
     }
-    let model = Arc::new(Model::load(&opts.model)?);
     let names = model.metadata().feature_names.clone();
     if names.is_empty() {
         return Err(BatchError::Schema(format!(
@@ -122,15 +206,6 @@ pub async fn run_warm(
             opts.model.display()
         )));
     }
-    let store: Arc<dyn Store> = open_store(Some(&opts.store))
-        .await?
-        .ok_or_else(|| BatchError::Invalid("no store".into()))?;
-    let features: Arc<dyn Store> = match &opts.feature_store {
-        Some(url) => open_store(Some(url))
-            .await?
-            .ok_or_else(|| BatchError::Invalid("no feature store".into()))?,
-        None => store.clone(),
-    };
     let (ids, targets) = match &opts.targets {
         WarmTargets::TopK { k, lookback } => {
             let top = store.top_active(*k, *lookback, SystemTime::now()).await?;
@@ -163,6 +238,7 @@ pub async fn run_warm(
     progress.start(Some(ids.len() as u64));
     let timestamp = unix_seconds(SystemTime::now());
     for chunk in ids.chunks(opts.chunk.max(1)) {
+        yield_to(busy).await;
         let found = features.get_features(chunk).await?;
         let mut kept: Vec<&String> = Vec::with_capacity(chunk.len());
         let mut rows: Vec<Vec<f32>> = Vec::with_capacity(chunk.len());

@@ -47,8 +47,83 @@ pub struct Config {
     pub tracing: TracingSection,
     /// Activity tracking.
     pub activity: ActivitySection,
+    /// Warm and refresh jobs run by the server itself.
+    pub schedule: ScheduleSection,
     /// Per-feature source and default, by feature name.
     pub features: BTreeMap<String, FeatureOverride>,
+}
+
+/// `[schedule]`: background jobs inside `tandem serve` (off unless a
+/// table is given).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// `[schedule.warm]`: periodic `tandem warm --top-k`.
+    pub warm: Option<WarmSchedule>,
+    /// `[schedule.refresh]`: periodic `tandem refresh`.
+    pub refresh: Option<RefreshSchedule>,
+}
+
+/// `[schedule.warm]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmSchedule {
+    /// Period (like `15m`).
+    pub every: String,
+    /// Entities warmed per run (the most active).
+    pub top_k: usize,
+    /// Their look-back window.
+    #[serde(default = "default_lookback")]
+    pub lookback: String,
+    /// TTL of the predictions written.
+    #[serde(default = "default_job_ttl")]
+    pub ttl: String,
+    /// The served model to use (default: the default model).
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// `[schedule.refresh]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSchedule {
+    /// Period (like `1h`).
+    pub every: String,
+    /// The current features (Parquet or CSV file, directory or glob).
+    pub input: PathBuf,
+    /// Entity id column.
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// Rescore entities whose features moved more than this (L2).
+    #[serde(default)]
+    pub changed_threshold: Option<f64>,
+    /// Rescore predictions older than this.
+    #[serde(default)]
+    pub older_than: Option<String>,
+    /// Rescore predictions of another model version.
+    #[serde(default)]
+    pub model_changed: bool,
+    /// Only entities asked for within this window.
+    #[serde(default)]
+    pub active_within: Option<String>,
+    /// TTL of the predictions written.
+    #[serde(default = "default_job_ttl")]
+    pub ttl: String,
+    /// The served model to use (default: the default model).
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+fn default_lookback() -> String {
+    "24h".into()
+}
+
+fn default_job_ttl() -> String {
+    "24h".into()
+}
+
+fn default_id_column() -> String {
+    "entity_id".into()
 }
 
 /// `[activity]`.
@@ -385,6 +460,13 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<ServeSetti
     {
         config.store.features_url = Some(v);
     }
+    if let (Some(dir), Some(r)) = (
+        from_file("schedule.refresh.input"),
+        &mut config.schedule.refresh,
+    ) && r.input.is_relative()
+    {
+        r.input = dir.join(&r.input);
+    }
     if let Some(m) = &flags.model {
         config.models.path = Some(m.clone());
     }
@@ -473,6 +555,35 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
     let window = duration("health.window", &config.health.window)?;
     if window.as_secs() == 0 || window.as_secs() > 3600 {
         bail!("config key health.window: must be between 1s and 1h");
+    }
+    if let Some(w) = &config.schedule.warm {
+        let every = duration("schedule.warm.every", &w.every)?;
+        if every.is_zero() {
+            bail!("config key schedule.warm.every: must be positive");
+        }
+        duration("schedule.warm.lookback", &w.lookback)?;
+        duration("schedule.warm.ttl", &w.ttl)?;
+        if w.top_k == 0 {
+            bail!("config key schedule.warm.top_k: must be at least 1");
+        }
+    }
+    if let Some(r) = &config.schedule.refresh {
+        let every = duration("schedule.refresh.every", &r.every)?;
+        if every.is_zero() {
+            bail!("config key schedule.refresh.every: must be positive");
+        }
+        duration("schedule.refresh.ttl", &r.ttl)?;
+        if let Some(d) = &r.older_than {
+            duration("schedule.refresh.older_than", d)?;
+        }
+        if let Some(d) = &r.active_within {
+            duration("schedule.refresh.active_within", d)?;
+        }
+        if r.changed_threshold.is_none() && r.older_than.is_none() && !r.model_changed {
+            bail!(
+                "config key schedule.refresh: give changed_threshold, older_than and/or model_changed"
+            );
+        }
     }
     if !(config.activity.sample > 0.0 && config.activity.sample <= 1.0) {
         bail!(

@@ -7,6 +7,7 @@ mod cost;
 mod input;
 mod models;
 mod quickstart;
+mod schedule;
 mod serve;
 mod telemetry;
 

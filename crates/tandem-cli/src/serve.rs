@@ -173,6 +173,7 @@ async fn run(
     {
         tokio::spawn(poll_models(engine.clone(), every, stop_rx.clone()));
     }
+    crate::schedule::start(engine.clone(), &settings.config.schedule, stop_rx.clone());
     println!("tandem serve listening on http://{addr}");
     if let Some(f) = on_listening {
         f(addr);

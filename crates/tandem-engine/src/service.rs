@@ -156,6 +156,8 @@ pub struct Engine {
     writer: WriteBack,
     activity: Activity,
     stats: Arc<Stats>,
+    jobs: crate::jobs::JobBoard,
+    in_flight: tandem_core::shard::UpDown,
 }
 
 impl std::fmt::Debug for Engine {
@@ -163,6 +165,15 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("store", &self.store.describe())
             .finish_non_exhaustive()
+    }
+}
+
+/// Counts a request out when its answer (or error) is returned.
+struct InFlight<'a>(&'a tandem_core::shard::UpDown);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1);
     }
 }
 
@@ -221,6 +232,8 @@ impl Engine {
             writer,
             activity,
             stats,
+            jobs: crate::jobs::JobBoard::default(),
+            in_flight: tandem_core::shard::UpDown::default(),
         }
     }
 
@@ -290,6 +303,29 @@ impl Engine {
         self.activity.flush().await;
     }
 
+    /// Background jobs of this process (scheduled warm and refresh).
+    pub fn jobs(&self) -> &crate::jobs::JobBoard {
+        &self.jobs
+    }
+
+    /// The prediction store (scheduled jobs write through it).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The feature store's backend (the prediction store unless separate).
+    pub fn feature_backend(&self) -> Arc<dyn Store> {
+        self.feature_backend
+            .clone()
+            .unwrap_or_else(|| self.store.clone())
+    }
+
+    /// Whether requests are being served or queued for the model right
+    /// now: background jobs yield while it holds.
+    pub fn busy(&self) -> bool {
+        self.in_flight.get() > 0 || self.batcher.queued() > 0
+    }
+
     /// Activity tracking counts.
     pub fn activity(&self) -> crate::activity::ActivityCounts {
         self.activity.counts()
@@ -301,6 +337,8 @@ impl Engine {
         &self,
         req: PredictRequest,
     ) -> Result<Vec<Result<Answer, EngineError>>, EngineError> {
+        self.in_flight.add(1);
+        let _done = InFlight(&self.in_flight);
         self.validate(&req)?;
         let name = self.models.resolve_name(req.model.as_deref())?;
         let (model, schema) = self.models.get(&name, &req.version)?;
@@ -741,6 +779,8 @@ impl Engine {
         batch: FeatureBatch,
         deadline: Option<Duration>,
     ) -> Result<Inferred, EngineError> {
+        self.in_flight.add(1);
+        let _done = InFlight(&self.in_flight);
         self.stats.infer();
         let model = self.models.repository().get(model, version)?;
         if batch.width() != model.width() {

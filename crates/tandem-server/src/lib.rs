@@ -229,6 +229,7 @@ async fn stats(State(state): State<AppState>) -> Response {
         "store": e.store_description(),
         "cost": cost_now(&state),
         "activity": e.activity(),
+        "jobs": e.jobs().snapshot(),
     }))
     .into_response()
 }
