@@ -68,8 +68,12 @@ pub struct ScheduleSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WarmSchedule {
-    /// Period (like `15m`).
-    pub every: String,
+    /// Period (like `15m`); or `cron`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// A cron expression with seconds (`0 */15 * * * *`, UTC); or `every`.
+    #[serde(default)]
+    pub cron: Option<String>,
     /// Entities warmed per run (the most active).
     pub top_k: usize,
     /// Their look-back window.
@@ -87,8 +91,12 @@ pub struct WarmSchedule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshSchedule {
-    /// Period (like `1h`).
-    pub every: String,
+    /// Period (like `1h`); or `cron`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// A cron expression with seconds (`0 0 * * * *`, UTC); or `every`.
+    #[serde(default)]
+    pub cron: Option<String>,
     /// The current features (Parquet or CSV file, directory or glob).
     pub input: PathBuf,
     /// Entity id column.
@@ -415,6 +423,37 @@ pub struct ServeSettings {
     pub sla_window: Duration,
 }
 
+/// When a scheduled job runs.
+#[derive(Debug, Clone)]
+pub enum Timing {
+    /// Every period.
+    Every(Duration),
+    /// At the times of a cron expression (UTC).
+    Cron(Box<cron::Schedule>),
+}
+
+/// Checks a job's `every` / `cron` (exactly one).
+pub fn timing(key: &str, every: Option<&str>, cron: Option<&str>) -> anyhow::Result<Timing> {
+    match (every, cron) {
+        (Some(e), None) => {
+            let d = duration(&format!("{key}.every"), e)?;
+            if d.is_zero() {
+                bail!("config key {key}.every: must be positive");
+            }
+            Ok(Timing::Every(d))
+        }
+        (None, Some(c)) => c
+            .parse::<cron::Schedule>()
+            .map(|s| Timing::Cron(Box::new(s)))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "config key {key}.cron: '{c}' is not a cron expression with seconds (like \"0 */15 * * * *\"): {e}"
+                )
+            }),
+        _ => bail!("config key {key}: give exactly one of every and cron"),
+    }
+}
+
 fn duration(key: &str, value: &str) -> anyhow::Result<Duration> {
     parse_duration(value).map_err(|e| anyhow::anyhow!("config key {key}: {e}"))
 }
@@ -557,10 +596,7 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
         bail!("config key health.window: must be between 1s and 1h");
     }
     if let Some(w) = &config.schedule.warm {
-        let every = duration("schedule.warm.every", &w.every)?;
-        if every.is_zero() {
-            bail!("config key schedule.warm.every: must be positive");
-        }
+        timing("schedule.warm", w.every.as_deref(), w.cron.as_deref())?;
         duration("schedule.warm.lookback", &w.lookback)?;
         duration("schedule.warm.ttl", &w.ttl)?;
         if w.top_k == 0 {
@@ -568,10 +604,7 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
         }
     }
     if let Some(r) = &config.schedule.refresh {
-        let every = duration("schedule.refresh.every", &r.every)?;
-        if every.is_zero() {
-            bail!("config key schedule.refresh.every: must be positive");
-        }
+        timing("schedule.refresh", r.every.as_deref(), r.cron.as_deref())?;
         duration("schedule.refresh.ttl", &r.ttl)?;
         if let Some(d) = &r.older_than {
             duration("schedule.refresh.older_than", d)?;

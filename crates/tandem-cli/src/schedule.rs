@@ -16,7 +16,29 @@ use tandem_engine::Engine;
 use tandem_model::VersionSpec;
 use tokio::sync::{Mutex, watch};
 
-use crate::config::{RefreshSchedule, ScheduleSection, WarmSchedule};
+use crate::config::{RefreshSchedule, ScheduleSection, Timing, WarmSchedule, timing};
+
+impl Timing {
+    /// How long until the next run.
+    fn next_delay(&self) -> Duration {
+        match self {
+            Timing::Every(d) => *d,
+            Timing::Cron(s) => s
+                .upcoming(chrono::Utc)
+                .next()
+                .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(3600)),
+        }
+    }
+
+    /// For `/v1/stats`.
+    fn describe(&self) -> (Option<Duration>, Option<String>) {
+        match self {
+            Timing::Every(d) => (Some(*d), None),
+            Timing::Cron(s) => (None, Some(s.to_string())),
+        }
+    }
+}
 
 /// Entities per chunk in the server (smaller than a standalone run: a
 /// chunk is the unit between yields).
@@ -98,13 +120,16 @@ pub fn start(engine: Arc<Engine>, schedule: &ScheduleSection, stop: watch::Recei
     // One job at a time across kinds.
     let one_at_a_time = Arc::new(Mutex::new(()));
     if let Some(w) = schedule.warm.clone() {
-        let every = d(&w.every);
-        engine.jobs().register("warm", every);
+        let Ok(when) = timing("schedule.warm", w.every.as_deref(), w.cron.as_deref()) else {
+            return;
+        };
+        let (every, cron) = when.describe();
+        engine.jobs().register("warm", every, cron);
         let (engine, lock, mut stop) = (engine.clone(), one_at_a_time.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::time::sleep(when.next_delay()) => {}
                     _ = stop.changed() => return,
                 }
                 let _turn = lock.lock().await;
@@ -119,13 +144,16 @@ pub fn start(engine: Arc<Engine>, schedule: &ScheduleSection, stop: watch::Recei
         });
     }
     if let Some(r) = schedule.refresh.clone() {
-        let every = d(&r.every);
-        engine.jobs().register("refresh", every);
+        let Ok(when) = timing("schedule.refresh", r.every.as_deref(), r.cron.as_deref()) else {
+            return;
+        };
+        let (every, cron) = when.describe();
+        engine.jobs().register("refresh", every, cron);
         let (engine, lock, mut stop) = (engine, one_at_a_time, stop);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::time::sleep(when.next_delay()) => {}
                     _ = stop.changed() => return,
                 }
                 let _turn = lock.lock().await;

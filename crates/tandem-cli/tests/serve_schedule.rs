@@ -136,7 +136,8 @@ fn scheduled_refresh_rescores_drift() {
     let config = dir.path().join("tandem.toml");
     std::fs::write(
         &config,
-        "[schedule.refresh]\nevery = \"1s\"\ninput = \"new.csv\"\nchanged_threshold = 0.5\n",
+        // Every second, by a cron expression (with seconds).
+        "[schedule.refresh]\ncron = \"* * * * * *\"\ninput = \"new.csv\"\nchanged_threshold = 0.5\n",
     )
     .unwrap();
     let serve = Serve::start(
@@ -158,8 +159,48 @@ fn scheduled_refresh_rescores_drift() {
     });
     let job = serve.get_ok("/v1/stats")["jobs"][0].clone();
     assert_eq!(job["name"], "refresh");
+    assert_eq!(job["cron"], "* * * * * *", "{job}");
     assert_eq!(job["failures"], 0, "{job}");
     assert_eq!(job["last_summary"]["checked"], 30, "{job}");
     assert_eq!(job["last_summary"]["rescored"], 5, "{job}");
     assert_eq!(job["last_summary"]["reasons"]["changed"], 5, "{job}");
+}
+
+#[test]
+fn a_bad_schedule_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let model = repo.join("churn/1/model.onnx");
+    for (toml, says) in [
+        (
+            "[schedule.warm]\ncron = \"every day\"\ntop_k = 5\n",
+            "schedule.warm.cron",
+        ),
+        (
+            "[schedule.warm]\ntop_k = 5\n",
+            "exactly one of every and cron",
+        ),
+        (
+            "[schedule.refresh]\nevery = \"1m\"\ninput = \"x.csv\"\n",
+            "changed_threshold, older_than and/or model_changed",
+        ),
+    ] {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args([
+                "serve",
+                "--config",
+                s(&config),
+                "--model",
+                s(&model),
+                "--store",
+            ])
+            .arg(dir.path().join("t.redb"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(says), "{toml}: {err}");
+    }
 }

@@ -13,8 +13,10 @@ use tandem_core::record::unix_seconds;
 pub struct JobStatus {
     /// The job (`warm`, `refresh`).
     pub name: String,
-    /// Its period, seconds.
-    pub every_secs: f64,
+    /// Its period, seconds (periodic jobs).
+    pub every_secs: Option<f64>,
+    /// Its cron expression (cron jobs).
+    pub cron: Option<String>,
     /// Runs finished (successful or not).
     pub runs: u64,
     /// Runs that failed.
@@ -44,14 +46,15 @@ impl JobBoard {
         f(&mut self.jobs.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Declares a job that runs every `every`.
-    pub fn register(&self, name: &str, every: Duration) {
+    /// Declares a job that runs every `every`, or by a cron expression.
+    pub fn register(&self, name: &str, every: Option<Duration>, cron: Option<String>) {
         self.with(|j| {
             j.insert(
                 name.to_string(),
                 JobStatus {
                     name: name.to_string(),
-                    every_secs: every.as_secs_f64(),
+                    every_secs: every.map(|d| d.as_secs_f64()),
+                    cron,
                     runs: 0,
                     failures: 0,
                     running: false,
@@ -110,7 +113,7 @@ mod tests {
     #[test]
     fn runs_and_failures_are_counted() {
         let b = JobBoard::default();
-        b.register("warm", Duration::from_secs(60));
+        b.register("warm", Some(Duration::from_secs(60)), None);
         b.started("warm");
         assert!(b.snapshot()[0].running);
         b.finished(
