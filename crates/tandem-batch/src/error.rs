@@ -45,6 +45,18 @@ pub enum BatchError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `--strict` on a cluster: a bad row, found before anything was
+    /// written.
+    #[error("entity {entity:?}: {reason}")]
+    BadEntity {
+        /// Its entity id, if it has one.
+        entity: Option<String>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The Ballista cluster could not be reached, started or used.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The query engine failed (unreadable file, SQL error, ...).
     #[error("{0}")]
     Engine(#[from] datafusion::error::DataFusionError),

@@ -6,6 +6,7 @@
 //! store while scoring goes on. Never HTTP.
 
 pub use tandem_core::digest;
+pub mod cluster;
 pub mod error;
 pub mod job;
 pub mod materialize;

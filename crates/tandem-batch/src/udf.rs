@@ -49,52 +49,69 @@ impl PredictUdf {
     }
 }
 
-impl PredictUdf {
-    /// Scores a row-major block, splitting a large one over every core: one
-    /// Parquet row group (pyarrow writes up to 1M rows in one) is a single
-    /// scan partition, and would otherwise be scored on one core.
-    fn predict_block(&self, block: &[f32], rows: usize) -> Result<Vec<f64>> {
-        let width = self.model.width();
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let per_part = rows.div_ceil(threads).next_multiple_of(PARALLEL_GRAIN);
-        if threads < 2 || rows < 2 * PARALLEL_GRAIN {
-            return self.predict_rows(block);
-        }
-        let parts: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = block
-                .chunks(per_part * width)
-                .map(|part| s.spawn(move || self.predict_rows(part)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| exec_err!("the model panicked while scoring"))
-                })
-                .collect()
-        });
-        let mut out = Vec::with_capacity(rows);
-        for part in parts {
-            out.extend(part?);
-        }
-        Ok(out)
+/// Scores a row-major `[rows, width]` block, splitting a large one over
+/// every core: one Parquet row group (pyarrow writes up to 1M rows in one)
+/// is a single scan partition, and would otherwise be scored on one core.
+/// One value per row (the first of a multi-value prediction).
+pub(crate) fn predict_block(model: &Model, block: &[f32], rows: usize) -> Result<Vec<f64>> {
+    let width = model.width();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_part = rows.div_ceil(threads).next_multiple_of(PARALLEL_GRAIN);
+    if threads < 2 || rows < 2 * PARALLEL_GRAIN {
+        return predict_rows(model, block);
     }
+    let parts: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = block
+            .chunks(per_part * width)
+            .map(|part| s.spawn(move || predict_rows(model, part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| exec_err!("the model panicked while scoring"))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(rows);
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
+}
 
-    fn predict_rows(&self, block: &[f32]) -> Result<Vec<f64>> {
-        let batch = FeatureBatch::new(block.to_vec(), self.model.width())
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let predictions = self
-            .model
-            .predict(&batch)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let per_row = predictions.width();
-        Ok(predictions
-            .values()
-            .iter()
-            .step_by(per_row.max(1))
-            .map(|&v| f64::from(v))
-            .collect())
+fn predict_rows(model: &Model, block: &[f32]) -> Result<Vec<f64>> {
+    let batch = FeatureBatch::new(block.to_vec(), model.width())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let predictions = model
+        .predict(&batch)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let per_row = predictions.width();
+    Ok(predictions
+        .values()
+        .iter()
+        .step_by(per_row.max(1))
+        .map(|&v| f64::from(v))
+        .collect())
+}
+
+/// Packs feature columns (any numeric type; nulls and NaN take `fill`) into
+/// a row-major f32 block.
+pub(crate) fn pack_block(columns: &[ArrayRef], rows: usize, fill: f32) -> Result<Vec<f32>> {
+    let width = columns.len();
+    let mut block = vec![fill; rows * width];
+    for (f, column) in columns.iter().enumerate() {
+        let column = cast(column, &DataType::Float32)?;
+        let Some(values) = column.as_any().downcast_ref::<Float32Array>() else {
+            return exec_err!("feature {f} did not cast to Float32");
+        };
+        for (r, v) in values.iter().enumerate() {
+            if let Some(v) = v.filter(|v| !v.is_nan()) {
+                block[r * width + f] = v;
+            }
+        }
     }
+    Ok(block)
 }
 
 /// Rows below which a block is not split across threads (and the unit of
@@ -148,20 +165,8 @@ impl ScalarUDFImpl for PredictUdf {
             return exec_err!("predict takes {width} arguments, got {}", args.args.len());
         }
         let columns = ColumnarValue::values_to_arrays(&args.args)?;
-        let mut block = vec![self.fill; rows * width];
-        for (f, column) in columns.iter().enumerate() {
-            let column = cast(column, &DataType::Float32)?;
-            let Some(values) = column.as_any().downcast_ref::<Float32Array>() else {
-                return exec_err!("feature {f} did not cast to Float32");
-            };
-            for (r, v) in values.iter().enumerate() {
-                if let Some(v) = v.filter(|v| !v.is_nan()) {
-                    block[r * width + f] = v;
-                }
-            }
-        }
-        let out: Float64Array = self
-            .predict_block(&block, rows)?
+        let block = pack_block(&columns, rows, self.fill)?;
+        let out: Float64Array = predict_block(&self.model, &block, rows)?
             .into_iter()
             .map(Some)
             .collect();

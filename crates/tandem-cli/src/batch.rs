@@ -74,6 +74,15 @@ pub struct BatchArgs {
     /// skipped.
     #[arg(long, value_name = "RUN_ID", conflicts_with = "run_id")]
     resume: Option<String>,
+    /// Run on a Ballista cluster: df://HOST:PORT of a `tandem scheduler`
+    /// (its executors write to the store), or `standalone` for an
+    /// in-process one. Paths must be reachable from every executor.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// With --cluster and --output: the output is a directory of this many
+    /// Parquet files, written by the executors in parallel.
+    #[arg(long, default_value_t = 4, requires = "cluster")]
+    parts: u32,
 }
 
 /// Arguments of `tandem materialize`.
@@ -365,7 +374,15 @@ pub fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("run id: {}", opts.run_id.as_deref().unwrap_or_default());
     }
     let bar = Bar::new();
-    let summary = runtime()?.block_on(run_batch(&opts, &bar))?;
+    let summary = match &args.cluster {
+        Some(url) => {
+            let target = tandem_batch::cluster::ClusterTarget::parse(url)?;
+            runtime()?.block_on(tandem_batch::cluster::run_batch_cluster(
+                &opts, &target, args.parts, &bar,
+            ))?
+        }
+        None => runtime()?.block_on(run_batch(&opts, &bar))?,
+    };
     if i.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -2,6 +2,7 @@
 
 mod batch;
 mod bench;
+mod cluster;
 mod config;
 mod cost;
 mod input;
@@ -52,6 +53,11 @@ enum Command {
     /// Serve predictions over HTTP: the native entity API (hybrid policy),
     /// TF Serving REST and KServe V2.
     Serve(serve::ServeArgs),
+    /// Run a Ballista scheduler for distributed batch jobs
+    /// (`tandem batch --cluster df://HOST:PORT`).
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a Ballista executor that scores with its --model.
+    Executor(cluster::ExecutorArgs),
     /// Load-test a running tandem (or a TF Serving / KServe V2 server):
     /// closed or open loop, uniform or Zipf ids; latency percentiles,
     /// errors, source mix, SLA check, JSON and an SVG chart.
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
         Command::Warm(args) => batch::warm(args),
         Command::Refresh(args) => batch::refresh(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Scheduler(args) => cluster::scheduler(args),
+        Command::Executor(args) => cluster::executor(args),
         Command::Bench(args) => bench::bench(args),
         Command::Cost(args) => cost::cost(args),
         Command::Advise(args) => cost::run_advise(args),

@@ -396,3 +396,11 @@ fn free_port_pair() -> u16 {
     }
     panic!("no free loopback port pair found");
 }
+
+/// A free loopback port (asked of the OS; free when returned).
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
