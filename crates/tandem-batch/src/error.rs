@@ -54,6 +54,14 @@ pub enum BatchError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A digest index could not be read or written.
+    #[error("index {path}: {detail}")]
+    Index {
+        /// The index file.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
     /// The Ballista cluster could not be reached, started or used.
     #[error("cluster: {0}")]
     Cluster(String),

@@ -61,6 +61,9 @@ pub struct BatchOptions {
     pub fill: f32,
     /// Records per store write (default 10 000).
     pub write_batch: usize,
+    /// Write a digest index of the records ([`crate::index`]) here when
+    /// the run succeeds, for `tandem refresh --index`.
+    pub index: Option<PathBuf>,
 }
 
 impl BatchOptions {
@@ -82,6 +85,7 @@ impl BatchOptions {
             shard: None,
             fill: 0.0,
             write_batch: 10_000,
+            index: None,
         }
     }
 }
@@ -203,10 +207,20 @@ async fn run_batch_inner(
             "nothing to write: give --store and/or --output".into(),
         ));
     }
+    if opts.index.is_some() && opts.store.is_none() {
+        return Err(BatchError::Invalid(
+            "--index describes the records written to a store: give --store".into(),
+        ));
+    }
     let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let model = Arc::new(Model::load(&opts.model)?);
     let input = InputSpec::resolve(&opts.input)?;
     let store = open_store(opts.store.as_deref()).await?;
+    let mut index = opts
+        .index
+        .as_ref()
+        .map(|_| crate::index::DigestIndex::new(model.name(), model.version()));
+    let expires = crate::index::secs(unix_seconds(computed_at) + opts.ttl.as_secs_f64());
     let ctx = session(&input, Some((&model, opts.fill))).await?;
     let base = base_query(opts.sql.as_deref(), opts.filter.as_deref());
     let schema = ctx.sql(&base).await?.schema().as_arrow().clone();
@@ -283,6 +297,18 @@ async fn run_batch_inner(
             outcome = Err(e);
             break;
         }
+        if let Some(ix) = &mut index {
+            for row in &kept {
+                ix.entries.insert(
+                    crate::digest::id_hash(&row.id),
+                    crate::index::IndexEntry {
+                        digest: u64::from_str_radix(&row.digest, 16).unwrap_or(0),
+                        computed_at: crate::index::secs(timestamp),
+                        expires_at: expires,
+                    },
+                );
+            }
+        }
         if let Some(tx) = &sender {
             for row in kept {
                 pending.push(PredictionEntry {
@@ -346,6 +372,9 @@ async fn run_batch_inner(
         (None, _) => None,
     };
     outcome?;
+    if let (Some(ix), Some(path)) = (&index, &opts.index) {
+        ix.write(path)?;
+    }
     let wall = started.elapsed().as_secs_f64();
     let skipped = rules.skipped();
     Ok(BatchSummary {

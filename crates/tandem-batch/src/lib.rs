@@ -8,6 +8,7 @@
 pub use tandem_core::digest;
 pub mod cluster;
 pub mod error;
+pub mod index;
 pub mod job;
 pub mod materialize;
 pub mod plan;

@@ -14,6 +14,11 @@
 //!   [`tandem_core::record::pack_inputs`]); a record without them (written
 //!   before, or by the real-time path) counts as changed.
 //!
+//! With a digest index ([`crate::index`], `--index`), entities it shows
+//! unchanged (same input digest, not expired, not too old, same model when
+//! `model_changed`) are cleared from the input alone; only the others are
+//! read from the store.
+//!
 //! Rescored records carry the run id; `resume` skips entities already
 //! rescored by it, so an interrupted run finishes where it stopped, and a
 //! rerun after success finds nothing left to do (idempotent).
@@ -27,13 +32,14 @@ use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::Schema;
 use futures::StreamExt;
 use serde::Serialize;
-use tandem_core::digest::feature_digest;
+use tandem_core::digest::{feature_digest, feature_digest_u64, id_hash};
 use tandem_core::record::{l2_distance, pack_inputs, unix_seconds, unpack_inputs};
 use tandem_core::{FeatureBatch, PredictionRecord, PredictionSource};
 use tandem_model::Model;
 use tandem_store::{PredictionEntry, Store, StoreError};
 
 use crate::error::BatchError;
+use crate::index::{DigestIndex, IndexEntry, secs};
 use crate::job::{Progress, count_rows, doubles, new_run_id, open_store, strings};
 use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
 use crate::warm::Busy;
@@ -69,6 +75,9 @@ pub struct RefreshOptions {
     pub resume: bool,
     /// Entities per store read, model call and write.
     pub chunk: usize,
+    /// A digest index ([`crate::index`]): entities it shows unchanged are
+    /// not read from the store; updated with what this run rescores.
+    pub index: Option<PathBuf>,
 }
 
 impl RefreshOptions {
@@ -93,6 +102,7 @@ impl RefreshOptions {
             run_id: None,
             resume: false,
             chunk: 4096,
+            index: None,
         }
     }
 }
@@ -116,6 +126,9 @@ pub struct RefreshSummary {
     pub inactive: u64,
     /// Entities already rescored by this run (`resume`).
     pub already_done: u64,
+    /// Of `unchanged`, those the digest index cleared without reading the
+    /// store.
+    pub cleared_by_index: u64,
     /// Rescored by reason (`missing`, `model_changed`, `older`, `changed`);
     /// an entity counts under its first reason in that order.
     pub reasons: BTreeMap<String, u64>,
@@ -299,6 +312,29 @@ async fn refresh_inner(
         run_id: &run_id,
         now: SystemTime::now(),
     };
+    let mut index = match &opts.index {
+        Some(p) if p.exists() => Some(DigestIndex::read(p)?),
+        Some(_) => Some(DigestIndex::new(model.name(), model.version())),
+        None => None,
+    };
+    // With --model-changed, an index of another model clears nothing.
+    let prefilter = index.as_ref().filter(|ix| {
+        !opts.model_changed || (ix.model == model.name() && ix.version == model.version())
+    });
+    let now_secs = secs(unix_seconds(judge.now));
+    let clears = |id: &str, row: &[f32]| -> bool {
+        let Some(e) = prefilter.and_then(|ix| ix.entries.get(&id_hash(id))) else {
+            return false;
+        };
+        e.expires_at > now_secs
+            && opts
+                .older_than
+                .is_none_or(|d| u64::from(now_secs.saturating_sub(e.computed_at)) <= d.as_secs())
+            && (opts.changed_threshold.is_none() || e.digest == feature_digest_u64(row))
+    };
+    let mut cleared = 0u64;
+    let mut inactive = 0u64;
+    let mut updates: Vec<(u64, IndexEntry)> = Vec::new();
     let mut s = RefreshSummary {
         run_id: run_id.clone(),
         model: model.name().to_string(),
@@ -308,6 +344,7 @@ async fn refresh_inner(
         unchanged: 0,
         inactive: 0,
         already_done: 0,
+        cleared_by_index: 0,
         reasons: BTreeMap::new(),
         rescored_fraction: 0.0,
         wall_seconds: 0.0,
@@ -334,23 +371,32 @@ async fn refresh_inner(
             let cols: Vec<_> = (0..features.len())
                 .map(|f| doubles(batch.column(1 + f)))
                 .collect::<Result<_, _>>()?;
+            let mut row = vec![0f32; features.len()];
             for r in 0..batch.num_rows() {
                 if !id_col.is_valid(r) {
                     continue;
                 }
-                let row: Vec<f32> = cols
-                    .iter()
-                    .map(|c| {
-                        let v = if c.is_null(r) || c.value(r).is_nan() {
-                            opts.fill
-                        } else {
-                            c.value(r)
-                        };
-                        v as f32
-                    })
-                    .collect();
-                ids.push(id_col.value(r).to_string());
-                rows.push(row);
+                let id = id_col.value(r);
+                if let Some(active) = &active
+                    && !active.contains(id)
+                {
+                    inactive += 1;
+                    continue;
+                }
+                for (f, c) in cols.iter().enumerate() {
+                    let v = if c.is_null(r) || c.value(r).is_nan() {
+                        opts.fill
+                    } else {
+                        c.value(r)
+                    };
+                    row[f] = v as f32;
+                }
+                if clears(id, &row) {
+                    cleared += 1;
+                    continue;
+                }
+                ids.push(id.to_string());
+                rows.push(row.clone());
             }
             progress.advance(batch.num_rows() as u64);
         }
@@ -362,12 +408,6 @@ async fn refresh_inner(
             let found = store.get_predictions(&ids).await?;
             let mut pick: Vec<usize> = Vec::new();
             for (i, f) in found.iter().enumerate() {
-                if let Some(active) = &active
-                    && !active.contains(&ids[i])
-                {
-                    s.inactive += 1;
-                    continue;
-                }
                 match judge.decide(f, &rows[i])? {
                     Decision::Rescore(why) => {
                         *s.reasons.entry(why.to_string()).or_default() += 1;
@@ -406,6 +446,19 @@ async fn refresh_inner(
                     .collect();
                 store.put_predictions(&entries).await?;
                 s.rescored += entries.len() as u64;
+                if index.is_some() {
+                    let expires = secs(timestamp + opts.ttl.as_secs_f64());
+                    updates.extend(pick.iter().map(|i| {
+                        (
+                            id_hash(&ids[*i]),
+                            IndexEntry {
+                                digest: feature_digest_u64(&rows[*i]),
+                                computed_at: secs(timestamp),
+                                expires_at: expires,
+                            },
+                        )
+                    }));
+                }
             }
         }
         if done {
@@ -413,6 +466,19 @@ async fn refresh_inner(
         }
     }
     progress.finish();
+    s.checked += cleared + inactive;
+    s.unchanged += cleared;
+    s.cleared_by_index = cleared;
+    s.inactive = inactive;
+    if let (Some(mut ix), Some(path)) = (index.take(), &opts.index) {
+        if ix.model != model.name() || ix.version != model.version() {
+            // Entries made by another model say nothing about this one's
+            // records beyond what was just rescored.
+            ix = DigestIndex::new(model.name(), model.version());
+        }
+        ix.entries.extend(updates);
+        ix.write(path)?;
+    }
     s.rescored_fraction = if s.checked == 0 {
         0.0
     } else {

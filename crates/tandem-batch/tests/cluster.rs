@@ -122,9 +122,19 @@ async fn standalone_cluster_writes_what_the_local_run_writes() {
     let mut remote = local.clone();
     remote.store = Some(format!("{}?namespace=cluster:", redis.url()));
     remote.output = Some(dir.path().join("cluster.parquet"));
+    redis.command(&["CONFIG", "RESETSTAT"]);
     let summary = run_batch_cluster(&remote, &ClusterTarget::Standalone, 3, &NoProgress)
         .await
         .unwrap();
+    // Each entity scored and written once, though 3 part jobs ran.
+    let stats = redis.command(&["INFO", "commandstats"]);
+    let sets: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no SET stats in {stats}"));
+    assert_eq!(sets, 5998, "one write per entity");
 
     // The same counts, reason by reason.
     assert_eq!(summary.rows_read, local_summary.rows_read);

@@ -83,6 +83,11 @@ pub struct BatchArgs {
     /// Parquet files, written by the executors in parallel.
     #[arg(long, default_value_t = 4, requires = "cluster")]
     parts: u32,
+    /// Also write a digest index of the records (24 bytes per entity) for
+    /// `tandem refresh --index`, which then reads only the entities whose
+    /// features changed.
+    #[arg(long, value_name = "PATH", requires = "store")]
+    index: Option<PathBuf>,
 }
 
 /// Arguments of `tandem materialize`.
@@ -239,6 +244,11 @@ pub struct RefreshArgs {
     /// are skipped.
     #[arg(long, value_name = "RUN_ID", conflicts_with = "run_id")]
     resume: Option<String>,
+    /// A digest index (written by `tandem batch --index`): entities it
+    /// shows unchanged are cleared without reading the store; updated with
+    /// what this run rescores (created if missing).
+    #[arg(long, value_name = "PATH")]
+    index: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -257,13 +267,14 @@ pub fn refresh(args: RefreshArgs) -> anyhow::Result<ExitCode> {
     o.fill = args.fill;
     o.resume = args.resume.is_some();
     o.run_id = args.resume.or(args.run_id);
+    o.index = args.index;
     let bar = Bar::new();
     let s = runtime()?.block_on(run_refresh(&o, &bar))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         println!(
-            "refresh {}: model {} v{}\n  checked      {}\n  rescored     {} ({:.1} %: {})\n  unchanged    {}\n  inactive     {}\n  already done {}\n  wall time    {:.2} s",
+            "refresh {}: model {} v{}\n  checked      {}\n  rescored     {} ({:.1} %: {})\n  unchanged    {} ({} cleared by the index)\n  inactive     {}\n  already done {}\n  wall time    {:.2} s",
             s.run_id,
             s.model,
             s.version,
@@ -272,6 +283,7 @@ pub fn refresh(args: RefreshArgs) -> anyhow::Result<ExitCode> {
             s.rescored_fraction * 100.0,
             counts(&s.reasons),
             s.unchanged,
+            s.cleared_by_index,
             s.inactive,
             s.already_done,
             s.wall_seconds,
@@ -365,6 +377,7 @@ pub fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
     opts.store = args.store;
     opts.ttl = args.ttl;
     opts.output = args.output;
+    opts.index = args.index;
     opts.resume = args.resume.is_some();
     opts.run_id = args
         .resume

@@ -105,6 +105,10 @@ pub struct RefreshSchedule {
     /// Rescore entities whose features moved more than this (L2).
     #[serde(default)]
     pub changed_threshold: Option<f64>,
+    /// A digest index (`tandem batch --index`) that clears unchanged
+    /// entities without reading the store; updated by each run.
+    #[serde(default)]
+    pub index: Option<PathBuf>,
     /// Rescore predictions older than this.
     #[serde(default)]
     pub older_than: Option<String>,
@@ -505,6 +509,14 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<ServeSetti
     ) && r.input.is_relative()
     {
         r.input = dir.join(&r.input);
+    }
+    if let (Some(dir), Some(r)) = (
+        from_file("schedule.refresh.index"),
+        &mut config.schedule.refresh,
+    ) && let Some(ix) = r.index.as_mut()
+        && ix.is_relative()
+    {
+        *ix = dir.join(&*ix);
     }
     if let Some(m) = &flags.model {
         config.models.path = Some(m.clone());

@@ -102,6 +102,7 @@ async fn refresh_once(
     );
     opts.id_column = r.id_column.clone();
     opts.changed_threshold = r.changed_threshold;
+    opts.index = r.index.clone();
     opts.older_than = r.older_than.as_deref().map(d);
     opts.model_changed = r.model_changed;
     opts.active_within = r.active_within.as_deref().map(d);

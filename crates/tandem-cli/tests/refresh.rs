@@ -243,3 +243,180 @@ fn refresh_needs_a_reason_and_valid_flags() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// `keyspace_hits` and `keyspace_misses` of a Redis: the keys it was asked
+/// to read.
+fn reads(redis: &tandem_testing::RedisServer) -> (u64, u64) {
+    let info = redis.command(&["INFO", "stats"]);
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+    };
+    (field("keyspace_hits"), field("keyspace_misses"))
+}
+
+#[test]
+fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let v1 = repo.join("churn/1/model.onnx");
+    let redis = tandem_testing::RedisServer::start();
+    let url = redis.url();
+    let index = dir.path().join("churn.idx");
+    let (old, new) = (dir.path().join("v1.csv"), dir.path().join("v2.csv"));
+    write(&old, 200, |_| 0.0);
+    tandem_ok(&[
+        "batch",
+        "--model",
+        s(&v1),
+        "--input",
+        s(&old),
+        "--store",
+        &url,
+        "--run-id",
+        "base",
+        "--index",
+        s(&index),
+    ]);
+    assert_eq!(
+        std::fs::metadata(&index).unwrap().len(),
+        8 + 4 + 5 + 8 + 8 + 200 * 24
+    );
+    // e0..e9 drift by 1.0, e10..e19 by 0.001; e200 is new.
+    let shift = |i: usize| match i {
+        0..=9 => 1.0,
+        10..=19 => 0.001,
+        _ => 0.0,
+    };
+    write(&new, 201, shift);
+
+    let before = reads(&redis);
+    let r = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        &url,
+        "--changed-threshold",
+        "0.1",
+        "--run-id",
+        "drift",
+        "--index",
+        s(&index),
+    ]);
+    let after = reads(&redis);
+    assert_eq!(r["checked"], 201, "{r}");
+    assert_eq!(r["rescored"], 11, "{r}");
+    assert_eq!(r["reasons"]["changed"], 10);
+    assert_eq!(r["reasons"]["missing"], 1);
+    assert_eq!(r["unchanged"], 190);
+    assert_eq!(r["cleared_by_index"], 180, "e20..e199 need no read");
+    // Only e0..e19 (found) and e200 (missing) were read.
+    assert_eq!((after.0 - before.0, after.1 - before.1), (20, 1));
+    // The same outcome as without the index, entity by entity.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let recs = rt.block_on(async {
+        let st = tandem_store::open(&url).unwrap();
+        let ids: Vec<String> = (0..201).map(|i| format!("e{i}")).collect();
+        st.get_predictions(&ids).await.unwrap()
+    });
+    for (i, rec) in recs.iter().enumerate() {
+        let rec = rec.as_ref().unwrap();
+        let want = if i < 10 || i == 200 { "drift" } else { "base" };
+        assert_eq!(rec.run_id.as_deref(), Some(want), "e{i}");
+    }
+
+    // The index now knows the rescored entities: a rerun reads only
+    // e10..e19 (their small drift is below the threshold, so their digest
+    // still differs from the index's) and rescores nothing.
+    let before = reads(&redis);
+    let again = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        &url,
+        "--changed-threshold",
+        "0.1",
+        "--index",
+        s(&index),
+    ]);
+    let after = reads(&redis);
+    assert_eq!(again["rescored"], 0, "{again}");
+    assert_eq!(again["cleared_by_index"], 191, "{again}");
+    assert_eq!(after.0 - before.0, 10);
+
+    // Too old by the index's clock: nothing is cleared.
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        &url,
+        "--older-than",
+        "1s",
+        "--run-id",
+        "old",
+        "--index",
+        s(&index),
+    ]);
+    assert_eq!(r["cleared_by_index"], 0, "{r}");
+    assert_eq!(r["reasons"]["older"], 201, "{r}");
+
+    // An index of version 1 clears nothing for --model-changed on version 2;
+    // rewritten for version 2, it clears everything the next time.
+    add_version(&repo, "churn", 2, "lightgbm_regressor");
+    let v2 = repo.join("churn/2/model.onnx");
+    let r = refresh(&[
+        "--model",
+        s(&v2),
+        "--input",
+        s(&new),
+        "--store",
+        &url,
+        "--model-changed",
+        "--index",
+        s(&index),
+    ]);
+    assert_eq!(r["reasons"]["model_changed"], 201, "{r}");
+    assert_eq!(r["cleared_by_index"], 0);
+    let before = reads(&redis);
+    let r = refresh(&[
+        "--model",
+        s(&v2),
+        "--input",
+        s(&new),
+        "--store",
+        &url,
+        "--model-changed",
+        "--index",
+        s(&index),
+    ]);
+    assert_eq!(r["rescored"], 0, "{r}");
+    assert_eq!(r["cleared_by_index"], 201);
+    assert_eq!(reads(&redis), before, "no store read at all");
+
+    // A file that is not an index is refused, naming it.
+    let bad = dir.path().join("bad.idx");
+    std::fs::write(&bad, b"not an index").unwrap();
+    let out = tandem(&[
+        "refresh",
+        "--model",
+        s(&v2),
+        "--input",
+        s(&new),
+        "--store",
+        &url,
+        "--model-changed",
+        "--index",
+        s(&bad),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.idx"));
+}

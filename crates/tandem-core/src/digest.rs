@@ -14,10 +14,18 @@ fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
 /// Digest of the exact f32 values a prediction was computed from, as 16
 /// lower-case hex digits.
 pub fn feature_digest(features: &[f32]) -> String {
-    format!(
-        "{:016x}",
-        fnv1a(features.iter().flat_map(|v| v.to_bits().to_le_bytes()))
-    )
+    format!("{:016x}", feature_digest_u64(features))
+}
+
+/// [`feature_digest`] as a number (the digest index keeps it so).
+pub fn feature_digest_u64(features: &[f32]) -> u64 {
+    let mut h = OFFSET;
+    for v in features {
+        for b in v.to_bits().to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+    }
+    h
 }
 
 /// A 64-bit hash of an entity id.

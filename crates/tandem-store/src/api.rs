@@ -70,7 +70,23 @@ pub trait FeatureStore: Send + Sync {
 pub trait ActivityLog: Send + Sync {
     /// Records one request for each entity (repeats count repeatedly) at
     /// time `at`.
-    async fn record_activity(&self, entities: &[String], at: SystemTime) -> Result<(), StoreError>;
+    async fn record_activity(&self, entities: &[String], at: SystemTime) -> Result<(), StoreError> {
+        let mut counts: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for e in entities {
+            *counts.entry(e.as_str()).or_default() += 1;
+        }
+        let counts: Vec<(String, u64)> =
+            counts.into_iter().map(|(e, n)| (e.to_owned(), n)).collect();
+        self.record_activity_counts(&counts, at).await
+    }
+
+    /// Records `n` requests for each `(entity, n)` at time `at` (each
+    /// entity once: the recorder aggregates before writing).
+    async fn record_activity_counts(
+        &self,
+        counts: &[(String, u64)],
+        at: SystemTime,
+    ) -> Result<(), StoreError>;
 
     /// The `k` entities with the most requests in the buckets that overlap
     /// `[now - lookback, now]`, most active first (ties by entity id).

@@ -313,12 +313,16 @@ impl FeatureStore for EmbeddedStore {
 
 #[async_trait]
 impl ActivityLog for EmbeddedStore {
-    async fn record_activity(&self, entities: &[String], at: SystemTime) -> Result<(), StoreError> {
-        let bucket = bucket_of(at, self.inner.options.activity_bucket);
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        for e in entities {
-            *counts.entry(e.clone()).or_default() += 1;
+    async fn record_activity_counts(
+        &self,
+        counts: &[(String, u64)],
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
         }
+        let bucket = bucket_of(at, self.inner.options.activity_bucket);
+        let counts = counts.to_vec();
         let this = self.clone();
         blocking(move || {
             let ns = this.inner.options.layout.activity_tag();

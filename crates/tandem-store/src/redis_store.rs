@@ -478,19 +478,18 @@ impl FeatureStore for RedisStore {
 
 #[async_trait]
 impl ActivityLog for RedisStore {
-    async fn record_activity(&self, entities: &[String], at: SystemTime) -> Result<(), StoreError> {
-        if entities.is_empty() {
+    async fn record_activity_counts(
+        &self,
+        counts: &[(String, u64)],
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        if counts.is_empty() {
             return Ok(());
         }
         let key = self
             .options
             .layout
             .activity_key(bucket_of(at, self.options.activity_bucket));
-        let mut counts: HashMap<&str, u64> = HashMap::new();
-        for e in entities {
-            *counts.entry(e.as_str()).or_default() += 1;
-        }
-        let counts: Vec<(&str, u64)> = counts.into_iter().collect();
         let retention_ms =
             u64::try_from(self.options.activity_retention.as_millis()).unwrap_or(u64::MAX);
         // Every activity key carries the namespace's hash tag: one slot, so
@@ -500,7 +499,11 @@ impl ActivityLog for RedisStore {
             .map(|chunk| {
                 let mut pipe = redis::pipe();
                 for (entity, n) in chunk {
-                    pipe.cmd("ZINCRBY").arg(&key).arg(*n).arg(*entity).ignore();
+                    pipe.cmd("ZINCRBY")
+                        .arg(&key)
+                        .arg(*n)
+                        .arg(entity.as_str())
+                        .ignore();
                 }
                 pipe.cmd("PEXPIRE").arg(&key).arg(retention_ms).ignore();
                 pipe

@@ -296,6 +296,11 @@ pub async fn run_batch_cluster(
             "nothing to write: give --store and/or --output".into(),
         ));
     }
+    if opts.index.is_some() {
+        return Err(BatchError::Invalid(
+            "--index is written by local runs (the records are written by the executors)".into(),
+        ));
+    }
     if parts == 0 {
         return Err(BatchError::Invalid("--parts must be at least 1".into()));
     }
@@ -425,8 +430,9 @@ pub async fn run_batch_cluster(
         strict_check(&ctx, &src, &counts, &missing_any, &nan_any).await?;
     }
 
+    // `{PART}` and `{PARTS}` are filled per job.
     let score = format!(
-        "tandem_score(entity_id, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        "tandem_score(entity_id, {}, {}, {}, {}, {}, {}, {}, {}, {{PART}}, {{PARTS}}, {})",
         sql_string(model.name()),
         model.version(),
         sql_string(opts.store.as_deref().unwrap_or("")),
@@ -441,7 +447,10 @@ pub async fn run_batch_cluster(
         None => {
             let v = query_u64s(
                 &ctx,
-                &format!("SELECT count(p) FROM (SELECT {score} AS p FROM ({scoring}) AS s) AS t"),
+                &format!(
+                    "SELECT count(p) FROM (SELECT {} AS p FROM ({scoring}) AS s) AS t",
+                    score.replace("{PART}", "0").replace("{PARTS}", "1")
+                ),
             )
             .await?;
             v.first().copied().unwrap_or(0)
@@ -637,13 +646,15 @@ async fn write_parts(
     let at = tandem_core::unix_millis(computed_at);
     let jobs = (0..parts).map(|i| {
         let file = temp.join(format!("part-{i:05}.parquet"));
+        let score = score
+            .replace("{PART}", &i.to_string())
+            .replace("{PARTS}", &parts.to_string());
         let sql = format!(
             "COPY (SELECT entity_id, p AS prediction, {} AS model, \
              arrow_cast({}, 'UInt64') AS version, \
              arrow_cast({at}, 'Timestamp(Millisecond, Some(\"UTC\"))') AS computed_at \
-             FROM (SELECT entity_id, {score} AS p FROM ({scoring}) AS s \
-             WHERE tandem_shard(entity_id, {parts}) = {i}) AS t WHERE p IS NOT NULL) \
-             TO {} STORED AS PARQUET",
+             FROM (SELECT entity_id, {score} AS p FROM ({scoring}) AS s) AS t \
+             WHERE p IS NOT NULL) TO {} STORED AS PARQUET",
             sql_string(model.name()),
             model.version(),
             sql_string(&file.to_string_lossy()),

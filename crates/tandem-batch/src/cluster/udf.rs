@@ -6,16 +6,19 @@
 //!
 //! Arguments (the first [`FIXED_ARGS`] are constants of the plan):
 //! `tandem_score(entity_id, model_name, model_version, store_url, ttl_ms,
-//! run_id, computed_at_secs, fill, strict, f0, ..., fn)`. Returns the
-//! prediction, or NULL when the model gave a non-finite value (skipped).
+//! run_id, computed_at_secs, fill, strict, part, parts, f0, ..., fn)`.
+//! Returns the prediction, or NULL when the model gave a non-finite value
+//! (skipped) or the entity is not in hash shard `part` of `parts` (one
+//! job per output part; the function selects its rows itself, because the
+//! engine may evaluate a projection before a filter written under it).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, ArrayRef, Float64Array, StringArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, StringArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
@@ -25,14 +28,14 @@ use tandem_core::{PredictionRecord, PredictionSource};
 use tandem_model::Model;
 use tandem_store::{PredictionEntry, Store};
 
-use crate::digest::feature_digest;
+use crate::digest::{feature_digest, shard_of};
 use crate::udf::{pack_block, predict_block};
 
 /// The function's name in plans.
 pub const NAME: &str = "tandem_score";
 
 /// Constant arguments before the features.
-pub const FIXED_ARGS: usize = 9;
+pub const FIXED_ARGS: usize = 11;
 
 /// Store I/O for a process: its own small runtime (the UDF is called from
 /// the engine's threads, which must not block on a runtime they run on) and
@@ -235,6 +238,8 @@ impl ScalarUDFImpl for ScoreUdf {
         let timestamp = scalar_f64(&args, 6, "computed_at")?;
         let fill = scalar_f64(&args, 7, "the fill value")? as f32;
         let strict = scalar_bool(&args, 8, "strict")?;
+        let part = scalar_f64(&args, 9, "the part")? as u32;
+        let parts = (scalar_f64(&args, 10, "the part count")? as u32).max(1);
         let width = model.width();
         if args.args.len() != FIXED_ARGS + width {
             return exec_err!(
@@ -252,9 +257,26 @@ impl ScalarUDFImpl for ScoreUdf {
             .iter()
             .map(|c| c.to_array(rows))
             .collect::<Result<_>>()?;
-        let block = pack_block(&columns, rows, fill)?;
-        let predictions = predict_block(model, &block, rows)?;
-        let doubles: Vec<Float64Array> = columns
+        // The rows of this part (all of them when there is one part).
+        let selected: Option<UInt32Array> = (parts > 1).then(|| {
+            (0..rows)
+                .filter(|&r| ids.is_valid(r) && shard_of(ids.value(r), parts) == part)
+                .map(|r| r as u32)
+                .collect()
+        });
+        let picked: Vec<ArrayRef> = match &selected {
+            Some(sel) => columns
+                .iter()
+                .map(|c| take(c, sel, None))
+                .collect::<std::result::Result<_, _>>()?,
+            None => columns,
+        };
+        let row_of =
+            |k: usize| -> usize { selected.as_ref().map_or(k, |sel| sel.value(k) as usize) };
+        let n = picked.first().map_or(0, |c| c.len());
+        let block = pack_block(&picked, n, fill)?;
+        let predictions = predict_block(model, &block, n)?;
+        let doubles: Vec<Float64Array> = picked
             .iter()
             .map(|c| {
                 let c = cast(c, &DataType::Float64)?;
@@ -269,11 +291,11 @@ impl ScalarUDFImpl for ScoreUdf {
         let run: Arc<str> = Arc::from(run_id.as_str());
         let ttl = Duration::from_millis(ttl_ms.max(1.0) as u64);
         let mut entries = Vec::with_capacity(if store_url.is_empty() { 0 } else { rows });
-        let mut out = Vec::with_capacity(rows);
+        let mut out: Vec<Option<f64>> = vec![None; rows];
         let mut row_values = vec![0f32; width];
-        for (r, &prediction) in predictions.iter().enumerate() {
+        for (k, &prediction) in predictions.iter().enumerate() {
+            let r = row_of(k);
             let Some(id) = ids.is_valid(r).then(|| ids.value(r)) else {
-                out.push(None);
                 continue;
             };
             if !prediction.is_finite() {
@@ -282,19 +304,18 @@ impl ScalarUDFImpl for ScoreUdf {
                         "entity {id:?}: the model gave a non-finite prediction (--strict)"
                     );
                 }
-                out.push(None);
                 continue;
             }
-            out.push(Some(prediction));
+            out[r] = Some(prediction);
             if store_url.is_empty() {
                 continue;
             }
             // The same values, in f32, as a local run digests: null -> 0.
             for (f, col) in doubles.iter().enumerate() {
-                row_values[f] = if col.is_null(r) {
+                row_values[f] = if col.is_null(k) {
                     0.0
                 } else {
-                    col.value(r) as f32
+                    col.value(k) as f32
                 };
             }
             entries.push(PredictionEntry {
