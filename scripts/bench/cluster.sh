@@ -42,9 +42,11 @@ echo "|---|---:|---:|---:|"
 for input in "$DATA/1m.parquet" "$DATA/1m-parts"; do
   name=$(basename "$input")
   run "$name local -> Redis" batch -m "$MODEL" -i "$input" --store "redis://127.0.0.1:$PORT"
-  run "$name cluster -> Redis" batch -m "$MODEL" -i "$input" --store "redis://127.0.0.1:$PORT" --cluster "df://127.0.0.1:$SCHED"
+  run "$name cluster -> Redis" batch -m "$MODEL" -i "$input" --store "redis://127.0.0.1:$PORT" --cluster "df://127.0.0.1:$SCHED" --partitions 2
+  run "$name cluster -> Redis, 8 partitions" batch -m "$MODEL" -i "$input" --store "redis://127.0.0.1:$PORT" --cluster "df://127.0.0.1:$SCHED" --partitions 8
   run "$name local -> Parquet" batch -m "$MODEL" -i "$input" --output "$DATA/out.parquet"
-  run "$name cluster -> Parquet (2 parts)" batch -m "$MODEL" -i "$input" --output "$DATA/out.parquet" --cluster "df://127.0.0.1:$SCHED" --parts 2
+  run "$name cluster -> Parquet (2 parts)" batch -m "$MODEL" -i "$input" --output "$DATA/out.parquet" --cluster "df://127.0.0.1:$SCHED" --parts 2 --partitions 2
 done
 echo
-echo "tasks executed: $(grep -c 'Execute task' "$DATA/executor.log")"
+echo "## executor tasks per job and stage"
+python3 scripts/bench/tasks.py "$DATA/executor.log"

@@ -123,7 +123,7 @@ async fn standalone_cluster_writes_what_the_local_run_writes() {
     remote.store = Some(format!("{}?namespace=cluster:", redis.url()));
     remote.output = Some(dir.path().join("cluster.parquet"));
     redis.command(&["CONFIG", "RESETSTAT"]);
-    let summary = run_batch_cluster(&remote, &ClusterTarget::Standalone, 3, &NoProgress)
+    let summary = run_batch_cluster(&remote, &ClusterTarget::Standalone, 3, 4, &NoProgress)
         .await
         .unwrap();
     // Each entity scored and written once, though 3 part jobs ran.
@@ -193,7 +193,7 @@ async fn strict_fails_before_writing_and_names_the_entity() {
     let mut opts = BatchOptions::new(model_path(), dir.path().to_str().unwrap());
     opts.store = Some(redis.url());
     opts.strict = true;
-    let err = run_batch_cluster(&opts, &ClusterTarget::Standalone, 1, &NoProgress)
+    let err = run_batch_cluster(&opts, &ClusterTarget::Standalone, 1, 4, &NoProgress)
         .await
         .unwrap_err();
     assert!(matches!(err, BatchError::BadEntity { .. }), "{err}");
@@ -222,7 +222,7 @@ async fn strict_fails_before_writing_and_names_the_entity() {
         .unwrap();
     w.close().unwrap();
     opts.input = clean.path().to_str().unwrap().to_owned();
-    let err = run_batch_cluster(&opts, &ClusterTarget::Standalone, 1, &NoProgress)
+    let err = run_batch_cluster(&opts, &ClusterTarget::Standalone, 1, 4, &NoProgress)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("\"e7\""), "{err}");
@@ -244,6 +244,7 @@ async fn cluster_jobs_check_their_flags_first() {
         &opts,
         &ClusterTarget::Remote("df://127.0.0.1:1".into()),
         1,
+        4,
         &NoProgress,
     )
     .await
@@ -251,7 +252,7 @@ async fn cluster_jobs_check_their_flags_first() {
     assert!(err.to_string().contains("shared"), "{err}");
     opts.resume = true;
     opts.run_id = Some("r".into());
-    let err = run_batch_cluster(&opts, &ClusterTarget::Standalone, 1, &NoProgress)
+    let err = run_batch_cluster(&opts, &ClusterTarget::Standalone, 1, 4, &NoProgress)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
@@ -261,7 +262,7 @@ async fn cluster_jobs_check_their_flags_first() {
     opts.store = Some(redis.url());
     let port = tandem_testing::free_port();
     let url = format!("df://127.0.0.1:{port}");
-    let err = run_batch_cluster(&opts, &ClusterTarget::Remote(url), 1, &NoProgress)
+    let err = run_batch_cluster(&opts, &ClusterTarget::Remote(url), 1, 4, &NoProgress)
         .await
         .unwrap_err();
     assert!(

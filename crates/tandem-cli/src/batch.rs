@@ -83,6 +83,11 @@ pub struct BatchArgs {
     /// Parquet files, written by the executors in parallel.
     #[arg(long, default_value_t = 4, requires = "cluster")]
     parts: u32,
+    /// With --cluster: target partitions of the plan, i.e. tasks per stage
+    /// (an input row group is never split). Use at least the cluster's
+    /// task slots.
+    #[arg(long, default_value_t = 16, requires = "cluster")]
+    partitions: usize,
     /// Also write a digest index of the records (24 bytes per entity) for
     /// `tandem refresh --index`, which then reads only the entities whose
     /// features changed.
@@ -391,7 +396,11 @@ pub fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
         Some(url) => {
             let target = tandem_batch::cluster::ClusterTarget::parse(url)?;
             runtime()?.block_on(tandem_batch::cluster::run_batch_cluster(
-                &opts, &target, args.parts, &bar,
+                &opts,
+                &target,
+                args.parts,
+                args.partitions,
+                &bar,
             ))?
         }
         None => runtime()?.block_on(run_batch(&opts, &bar))?,

@@ -271,11 +271,14 @@ fn sql_string(s: &str) -> String {
 }
 
 /// Runs `tandem batch` on a cluster: the same checks, flags and summary as
-/// a local run; the records are written by the executors.
+/// a local run; the records are written by the executors. `parts`: Parquet
+/// output files (one job each); `partitions`: the plan's target partitions
+/// (tasks per stage, at most one per input row group).
 pub async fn run_batch_cluster(
     opts: &BatchOptions,
     target: &ClusterTarget,
     parts: u32,
+    partitions: usize,
     progress: &dyn Progress,
 ) -> Result<BatchSummary, BatchError> {
     let started = Instant::now();
@@ -326,7 +329,11 @@ pub async fn run_batch_cluster(
 
     let state = SessionStateBuilder::new()
         .with_default_features()
-        .with_config(SessionConfig::new().with_batch_size(8192))
+        .with_config(
+            SessionConfig::new()
+                .with_batch_size(8192)
+                .with_target_partitions(partitions.max(1)),
+        )
         .build();
     let ctx = match target {
         ClusterTarget::Remote(url) => {
