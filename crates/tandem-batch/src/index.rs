@@ -11,11 +11,11 @@
 //! eviction policy) can lose records the index still lists, so refresh
 //! without `--index` now and then finds those as `missing`.
 //!
-//! File layout (little endian): magic `TNDMIDX1`, model name length (u32)
-//! and bytes, version (u64), entry count (u64), then the entries sorted by
-//! id hash: id hash (u64), digest (u64), computed_at (u32 unix seconds),
-//! expires_at (u32 unix seconds). Written to a temporary file and renamed,
-//! so a reader never sees half an index.
+//! File layout (little endian): magic `TNDMIDX2`, model name length (u32)
+//! and bytes, version (u64), entry count (u64), then the entries, in no
+//! particular order: id hash (u64), digest (u64, [`row_hash`]),
+//! computed_at (u32 unix seconds), expires_at (u32 unix seconds). Written
+//! to a temporary file and renamed, so a reader never sees half an index.
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
@@ -23,12 +23,31 @@ use std::path::{Path, PathBuf};
 
 use crate::error::BatchError;
 
-const MAGIC: &[u8; 8] = b"TNDMIDX1";
+const MAGIC: &[u8; 8] = b"TNDMIDX2";
+
+/// The index's hash of one row of inputs: the f32 bits mixed in feature
+/// order (one multiply per feature, so that refresh can hash a batch
+/// column by column). Not the records' `digest` (FNV-1a over bytes, a
+/// stable published format); the index is its own format.
+pub fn row_hash(row: &[f32]) -> u64 {
+    row.iter().fold(HASH_SEED, |h, v| mix(h, v.to_bits()))
+}
+
+/// The starting value of [`row_hash`].
+pub const HASH_SEED: u64 = 0x243F_6A88_85A3_08D3;
+
+/// One step of [`row_hash`].
+#[inline]
+pub fn mix(h: u64, bits: u32) -> u64 {
+    (h ^ u64::from(bits))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(29)
+}
 
 /// What the index knows about one entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
-    /// [`tandem_core::digest::feature_digest_u64`] of the inputs.
+    /// [`row_hash`] of the inputs.
     pub digest: u64,
     /// When the prediction was computed (unix seconds).
     pub computed_at: u32,
@@ -133,10 +152,7 @@ impl DigestIndex {
             w.write_all(name)?;
             w.write_all(&self.version.to_le_bytes())?;
             w.write_all(&(self.entries.len() as u64).to_le_bytes())?;
-            let mut keys: Vec<&u64> = self.entries.keys().collect();
-            keys.sort_unstable();
-            for k in keys {
-                let e = &self.entries[k];
+            for (k, e) in &self.entries {
                 w.write_all(&k.to_le_bytes())?;
                 w.write_all(&e.digest.to_le_bytes())?;
                 w.write_all(&e.computed_at.to_le_bytes())?;
@@ -156,6 +172,14 @@ impl DigestIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_hashes_tell_rows_apart() {
+        assert_eq!(row_hash(&[1.0, 2.0]), row_hash(&[1.0, 2.0]));
+        assert_ne!(row_hash(&[1.0, 2.0]), row_hash(&[2.0, 1.0]));
+        assert_ne!(row_hash(&[0.0]), row_hash(&[-0.0]));
+        assert_ne!(row_hash(&[]), row_hash(&[0.0]));
+    }
 
     #[test]
     fn an_index_round_trips_and_a_bad_file_is_refused() {

@@ -302,7 +302,7 @@ async fn run_batch_inner(
                 ix.entries.insert(
                     crate::digest::id_hash(&row.id),
                     crate::index::IndexEntry {
-                        digest: u64::from_str_radix(&row.digest, 16).unwrap_or(0),
+                        digest: row.index_hash,
                         computed_at: crate::index::secs(timestamp),
                         expires_at: expires,
                     },
@@ -423,6 +423,8 @@ pub(crate) struct ScoredRow {
     pub digest: String,
     /// The inputs, packed ([`tandem_core::record::pack_inputs`]).
     pub inputs: Option<String>,
+    /// [`crate::index::row_hash`] of the inputs.
+    pub index_hash: u64,
 }
 
 /// Applies the row rules to one scored batch (`entity_id`, `f0..`,
@@ -474,6 +476,7 @@ fn score_batch(
             prediction,
             digest: feature_digest(&row_values),
             inputs: Some(tandem_core::record::pack_inputs(&row_values)),
+            index_hash: crate::index::row_hash(&row_values),
         });
     }
     Ok(out)

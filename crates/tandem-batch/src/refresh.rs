@@ -28,18 +28,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::arrow::array::Array;
+use datafusion::arrow::array::{Array, Float64Array};
 use datafusion::arrow::datatypes::Schema;
 use futures::StreamExt;
 use serde::Serialize;
-use tandem_core::digest::{feature_digest, feature_digest_u64, id_hash};
+use tandem_core::digest::{feature_digest, id_hash};
 use tandem_core::record::{l2_distance, pack_inputs, unix_seconds, unpack_inputs};
 use tandem_core::{FeatureBatch, PredictionRecord, PredictionSource};
 use tandem_model::Model;
 use tandem_store::{PredictionEntry, Store, StoreError};
 
 use crate::error::BatchError;
-use crate::index::{DigestIndex, IndexEntry, secs};
+use crate::index::{DigestIndex, HASH_SEED, IndexEntry, mix, row_hash, secs};
 use crate::job::{Progress, count_rows, doubles, new_run_id, open_store, strings};
 use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
 use crate::warm::Busy;
@@ -322,7 +322,7 @@ async fn refresh_inner(
         !opts.model_changed || (ix.model == model.name() && ix.version == model.version())
     });
     let now_secs = secs(unix_seconds(judge.now));
-    let clears = |id: &str, row: &[f32]| -> bool {
+    let clears = |id: &str, hash: u64| -> bool {
         let Some(e) = prefilter.and_then(|ix| ix.entries.get(&id_hash(id))) else {
             return false;
         };
@@ -330,7 +330,7 @@ async fn refresh_inner(
             && opts
                 .older_than
                 .is_none_or(|d| u64::from(now_secs.saturating_sub(e.computed_at)) <= d.as_secs())
-            && (opts.changed_threshold.is_none() || e.digest == feature_digest_u64(row))
+            && (opts.changed_threshold.is_none() || e.digest == hash)
     };
     let mut cleared = 0u64;
     let mut inactive = 0u64;
@@ -371,8 +371,28 @@ async fn refresh_inner(
             let cols: Vec<_> = (0..features.len())
                 .map(|f| doubles(batch.column(1 + f)))
                 .collect::<Result<_, _>>()?;
-            let mut row = vec![0f32; features.len()];
-            for r in 0..batch.num_rows() {
+            let n = batch.num_rows();
+            let fill = opts.fill as f32;
+            // A feature as the model gets it.
+            let value = |c: &Float64Array, r: usize| -> f32 {
+                if c.is_null(r) || c.value(r).is_nan() {
+                    fill
+                } else {
+                    c.value(r) as f32
+                }
+            };
+            // Row hashes for the index, column by column (cache-friendly;
+            // rows are only assembled for the entities not cleared).
+            let hashes: Option<Vec<u64>> = prefilter.map(|_| {
+                let mut h = vec![HASH_SEED; n];
+                for c in &cols {
+                    for (r, hr) in h.iter_mut().enumerate() {
+                        *hr = mix(*hr, value(c, r).to_bits());
+                    }
+                }
+                h
+            });
+            for r in 0..n {
                 if !id_col.is_valid(r) {
                     continue;
                 }
@@ -383,20 +403,14 @@ async fn refresh_inner(
                     inactive += 1;
                     continue;
                 }
-                for (f, c) in cols.iter().enumerate() {
-                    let v = if c.is_null(r) || c.value(r).is_nan() {
-                        opts.fill
-                    } else {
-                        c.value(r)
-                    };
-                    row[f] = v as f32;
-                }
-                if clears(id, &row) {
+                if let Some(h) = &hashes
+                    && clears(id, h[r])
+                {
                     cleared += 1;
                     continue;
                 }
                 ids.push(id.to_string());
-                rows.push(row.clone());
+                rows.push(cols.iter().map(|c| value(c, r)).collect());
             }
             progress.advance(batch.num_rows() as u64);
         }
@@ -452,7 +466,7 @@ async fn refresh_inner(
                         (
                             id_hash(&ids[*i]),
                             IndexEntry {
-                                digest: feature_digest_u64(&rows[*i]),
+                                digest: row_hash(&rows[*i]),
                                 computed_at: secs(timestamp),
                                 expires_at: expires,
                             },
@@ -470,7 +484,13 @@ async fn refresh_inner(
     s.unchanged += cleared;
     s.cleared_by_index = cleared;
     s.inactive = inactive;
-    if let (Some(mut ix), Some(path)) = (index.take(), &opts.index) {
+    let fresh = opts.index.as_ref().is_some_and(|p| !p.exists());
+    if let (Some(mut ix), Some(path)) = (index.take(), &opts.index)
+        && (fresh
+            || !updates.is_empty()
+            || ix.model != model.name()
+            || ix.version != model.version())
+    {
         if ix.model != model.name() || ix.version != model.version() {
             // Entries made by another model say nothing about this one's
             // records beyond what was just rescored.

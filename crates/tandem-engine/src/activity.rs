@@ -30,6 +30,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Distinct entities after which counts are written at once.
 pub const MAX_DISTINCT: usize = 16_384;
 
+/// Entities per write.
+const WRITE_SLICE: usize = 256;
+
 /// Settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActivityConfig {
@@ -156,7 +159,18 @@ impl Activity {
                 let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
                 if !pending.is_empty() && (due || closed || pending.len() >= MAX_DISTINCT) {
                     let counts: Vec<(String, u64)> = pending.drain().collect();
-                    match log.record_activity_counts(&counts, SystemTime::now()).await {
+                    // In slices, one after another: one burst of thousands
+                    // of increments would hold a shared Redis for
+                    // milliseconds, in front of the reads of requests.
+                    let now = SystemTime::now();
+                    let mut result = Ok(());
+                    for slice in counts.chunks(WRITE_SLICE) {
+                        result = log.record_activity_counts(slice, now).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    match result {
                         Ok(()) => task_counts.recorded.add(ids),
                         Err(e) => {
                             tracing::warn!("recording the activity of {ids} requests failed: {e}");

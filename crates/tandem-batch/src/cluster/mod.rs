@@ -414,7 +414,7 @@ pub async fn run_batch_cluster(
         nan: v.get(4).copied().unwrap_or(0),
     };
     progress.start(Some(counts.rows));
-    let dups = counts.ids - counts.distinct;
+    let dups = counts.ids.saturating_sub(counts.distinct);
     // One row per entity: with duplicates, the first of each id in a window.
     let scoring = if dups > 0 {
         let cols = std::iter::once("entity_id".to_owned())
@@ -481,9 +481,9 @@ pub async fn run_batch_cluster(
 
     let wall = started.elapsed().as_secs_f64();
     let mut skipped = BTreeMap::new();
-    let non_finite = counts.distinct - scored;
+    let non_finite = counts.distinct.saturating_sub(scored);
     for (reason, n) in [
-        ("null_id", counts.rows - counts.ids),
+        ("null_id", counts.rows.saturating_sub(counts.ids)),
         ("duplicate_id", dups),
         ("non_finite_prediction", non_finite),
     ] {
