@@ -21,6 +21,7 @@ SCHED_PID=$!
 TANDEM_LOG="warn,ballista_executor=info" "$T/tandem" executor -m "$MODEL" \
   --scheduler "127.0.0.1:$SCHED" --bind-host 127.0.0.1 --flight-port 50151 \
   --grpc-port 50152 --concurrency 2 >/dev/null 2>"$DATA/executor.log" &
+: >"$DATA/tasks.md"
 EXEC_PID=$!
 trap 'kill $EXEC_PID $SCHED_PID 2>/dev/null; redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || true' EXIT
 sleep 2
@@ -29,7 +30,10 @@ run() { # label, then tandem arguments
   local label="$1"; shift
   redis-cli -p "$PORT" flushall >/dev/null
   rm -rf "$DATA/out.parquet"
+  local from=$(( $(wc -l <"$DATA/executor.log") + 1 ))
   "$T/tandem" "$@" --json >"$DATA/summary.json"
+  sleep 0.2
+  python3 scripts/bench/tasks.py "$DATA/executor.log" "$from" "$label" >>"$DATA/tasks.md"
   python3 - "$label" "$DATA/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[2]))
@@ -48,5 +52,7 @@ for input in "$DATA/1m.parquet" "$DATA/1m-parts"; do
   run "$name cluster -> Parquet (2 parts)" batch -m "$MODEL" -i "$input" --output "$DATA/out.parquet" --cluster "df://127.0.0.1:$SCHED" --parts 2 --partitions 2
 done
 echo
-echo "## executor tasks per job and stage"
-python3 scripts/bench/tasks.py "$DATA/executor.log"
+echo "## executor tasks per run, job and stage (a cluster run is a check job, then the scoring job(s))"
+echo "| run | stage | tasks (partitions) | task time | wall | most at once |"
+echo "|---|---:|---:|---:|---:|---:|"
+grep -v ' local ' "$DATA/tasks.md" || true
