@@ -18,10 +18,10 @@ pub struct InputArgs {
     /// Entity features: a Parquet or CSV file, a directory of them, or a
     /// glob (`data/day=*/part-*.parquet`).
     #[arg(long, short)]
-    input: String,
-    /// Entity id column.
-    #[arg(long, default_value = "entity_id")]
-    id_column: String,
+    input: Option<String>,
+    /// Entity id column [default: entity_id].
+    #[arg(long)]
+    id_column: Option<String>,
     /// Feature columns in model order, comma-separated (default: the
     /// model's feature names, else every numeric column but the id).
     #[arg(long, value_delimiter = ',')]
@@ -37,9 +37,9 @@ pub struct InputArgs {
     /// feature) instead of skipping or filling it.
     #[arg(long)]
     strict: bool,
-    /// Value given to missing, non-numeric and NaN features.
-    #[arg(long, default_value_t = 0.0)]
-    fill: f64,
+    /// Value given to missing, non-numeric and NaN features [default: 0].
+    #[arg(long)]
+    fill: Option<f64>,
     /// Only the entities whose id hashes to shard I of N (`--shard 0/4`):
     /// run N copies for N shards.
     #[arg(long, value_parser = parse_shard)]
@@ -52,17 +52,23 @@ pub struct InputArgs {
 /// Arguments of `tandem batch`.
 #[derive(Debug, Args)]
 pub struct BatchArgs {
+    /// A job file (TOML) with any of the flags below as keys (`model`,
+    /// `input`, `store`, `ttl`, `where`, `sql`, ...; docs/batch.md); flags
+    /// given here override it, and its relative paths are relative to it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The ONNX model (its sidecar .toml, if any, names the features).
-    #[arg(long, short)]
-    model: PathBuf,
+    #[arg(long, short, required_unless_present = "config")]
+    model: Option<PathBuf>,
     #[command(flatten)]
     input: InputArgs,
     /// Prediction store: PATH.redb, redis://host:port, redis-cluster://h:p,...
     #[arg(long)]
     store: Option<String>,
-    /// TTL of the stored predictions (`24h`, `90m`, `3600s`, `7d`).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    ttl: Duration,
+    /// TTL of the stored predictions (`24h`, `90m`, `3600s`, `7d`)
+    /// [default: 24h].
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
     /// Also write a Parquet file (entity_id, prediction, model, version,
     /// computed_at); it appears only when the run succeeds.
     #[arg(long, short)]
@@ -80,18 +86,18 @@ pub struct BatchArgs {
     #[arg(long, value_name = "URL")]
     cluster: Option<String>,
     /// With --cluster and --output: the output is a directory of this many
-    /// Parquet files, written by the executors in parallel.
-    #[arg(long, default_value_t = 4, requires = "cluster")]
-    parts: u32,
+    /// Parquet files, written by the executors in parallel [default: 4].
+    #[arg(long)]
+    parts: Option<u32>,
     /// With --cluster: target partitions of the plan, i.e. tasks per stage
     /// (an input row group is never split). Use at least the cluster's
-    /// task slots.
-    #[arg(long, default_value_t = 16, requires = "cluster")]
-    partitions: usize,
+    /// task slots [default: 16].
+    #[arg(long)]
+    partitions: Option<usize>,
     /// Also write a digest index of the records (24 bytes per entity) for
     /// `tandem refresh --index`, which then reads only the entities whose
     /// features changed.
-    #[arg(long, value_name = "PATH", requires = "store")]
+    #[arg(long, value_name = "PATH")]
     index: Option<PathBuf>,
 }
 
@@ -370,36 +376,73 @@ fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
 /// Runs `tandem batch`. Exit codes: 0 all rows scored as they were; 1
 /// finished with skipped rows or filled features; 2 failed.
 pub fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(path) => crate::jobfile::BatchFile::read(path)?,
+        None => crate::jobfile::BatchFile::default(),
+    };
     let i = args.input;
-    let mut opts = BatchOptions::new(args.model, i.input);
-    opts.id_column = i.id_column;
-    opts.features = i.features;
-    opts.filter = i.filter;
-    opts.sql = i.sql;
-    opts.strict = i.strict;
-    opts.fill = i.fill as f32;
-    opts.shard = i.shard;
-    opts.store = args.store;
-    opts.ttl = args.ttl;
-    opts.output = args.output;
-    opts.index = args.index;
+    let model = args
+        .model
+        .or(file.model)
+        .ok_or_else(|| anyhow::anyhow!("no model: give --model or `model` in the job file"))?;
+    let input = i
+        .input
+        .or(file.input)
+        .ok_or_else(|| anyhow::anyhow!("no input: give --input or `input` in the job file"))?;
+    let mut opts = BatchOptions::new(model, input);
+    opts.id_column = i
+        .id_column
+        .or(file.id_column)
+        .unwrap_or_else(|| "entity_id".into());
+    opts.features = i.features.or(file.features);
+    opts.filter = i.filter.or(file.filter);
+    opts.sql = i.sql.or(file.sql);
+    opts.strict = i.strict || file.strict.unwrap_or(false);
+    opts.fill = i.fill.or(file.fill).unwrap_or(0.0) as f32;
+    opts.shard = match (i.shard, &file.shard) {
+        (Some(s), _) => Some(s),
+        (None, Some(s)) => {
+            Some(parse_shard(s).map_err(|e| anyhow::anyhow!("job file key shard: {s:?}: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    opts.store = args.store.or(file.store);
+    opts.ttl = match (args.ttl, &file.ttl) {
+        (Some(t), _) => t,
+        (None, Some(t)) => {
+            parse_duration(t).map_err(|e| anyhow::anyhow!("job file key ttl: {t:?}: {e}"))?
+        }
+        (None, None) => Duration::from_secs(24 * 3600),
+    };
+    opts.output = args.output.or(file.output);
+    opts.index = args.index.or(file.index);
+    if opts.index.is_some() && opts.store.is_none() {
+        anyhow::bail!("--index describes the records written to a store: give --store");
+    }
+    let cluster = args.cluster.or(file.cluster);
+    let parts = args.parts.or(file.parts);
+    let partitions = args.partitions.or(file.partitions);
+    if cluster.is_none() && (parts.is_some() || partitions.is_some()) {
+        anyhow::bail!("--parts and --partitions are for --cluster runs");
+    }
     opts.resume = args.resume.is_some();
     opts.run_id = args
         .resume
         .or(args.run_id)
+        .or(file.run_id)
         .or_else(|| Some(tandem_batch::new_run_id()));
     if !i.json {
         eprintln!("run id: {}", opts.run_id.as_deref().unwrap_or_default());
     }
     let bar = Bar::new();
-    let summary = match &args.cluster {
+    let summary = match &cluster {
         Some(url) => {
             let target = tandem_batch::cluster::ClusterTarget::parse(url)?;
             runtime()?.block_on(tandem_batch::cluster::run_batch_cluster(
                 &opts,
                 &target,
-                args.parts,
-                args.partitions,
+                parts.unwrap_or(4),
+                partitions.unwrap_or(16),
                 &bar,
             ))?
         }
@@ -443,13 +486,16 @@ pub fn batch(args: BatchArgs) -> anyhow::Result<ExitCode> {
 /// Runs `tandem materialize`. Exit codes as for `batch`.
 pub fn materialize(args: MaterializeArgs) -> anyhow::Result<ExitCode> {
     let i = args.input;
-    let mut opts = MaterializeOptions::new(i.input, args.store);
-    opts.id_column = i.id_column;
+    let input = i
+        .input
+        .ok_or_else(|| anyhow::anyhow!("--input is required"))?;
+    let mut opts = MaterializeOptions::new(input, args.store);
+    opts.id_column = i.id_column.unwrap_or_else(|| "entity_id".into());
     opts.features = i.features;
     opts.filter = i.filter;
     opts.sql = i.sql;
     opts.strict = i.strict;
-    opts.fill = i.fill;
+    opts.fill = i.fill.unwrap_or(0.0);
     opts.shard = i.shard;
     opts.model = args.model;
     opts.ttl = args.ttl;

@@ -6,6 +6,7 @@ mod cluster;
 mod config;
 mod cost;
 mod input;
+mod jobfile;
 mod models;
 mod quickstart;
 mod schedule;

@@ -633,3 +633,104 @@ fn losing_redis_mid_run_fails_the_run_with_a_store_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_file_describes_the_run_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let job_dir = dir.path().join("jobs");
+    std::fs::create_dir_all(job_dir.join("data")).unwrap();
+    write_parquet(&job_dir.join("data/features.parquet"), 0..1000, &[7]);
+    let model = model_path().canonicalize().unwrap();
+    // Relative paths in the file are relative to the file.
+    let job = job_dir.join("nightly.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "model = {:?}\ninput = \"data/features.parquet\"\nstore = \"out/preds.redb\"\n\
+             ttl = \"2h\"\nwhere = \"country = 'FR'\"\nrun_id = \"nightly\"\n\
+             output = \"out/preds.parquet\"\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(job_dir.join("out")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["batch", "--config", "jobs/nightly.toml", "--json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    // `where` kept the even rows (FR); e7 (DE) has the null: all good.
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(s["rows_read"], 500, "{s}");
+    assert_eq!(s["run_id"], "nightly");
+    assert!(job_dir.join("out/preds.parquet").exists());
+    let store = tandem_store::open(job_dir.join("out/preds.redb").to_str().unwrap()).unwrap();
+    let ids: Vec<String> = (0..1000).map(|i| format!("e{i}")).collect();
+    let got = read_all(store.as_ref(), &ids).await;
+    let m = Model::load(&model).unwrap();
+    let want = expected(&m, &(0..1000).collect::<Vec<_>>(), &[7]);
+    for (i, rec) in got.iter().enumerate() {
+        if i % 2 == 0 {
+            let rec = rec.as_ref().unwrap_or_else(|| panic!("e{i} missing"));
+            assert!(
+                (rec.prediction - want[&format!("e{i}")]).abs() < 1e-6,
+                "e{i}"
+            );
+            assert_eq!(rec.run_id.as_deref(), Some("nightly"));
+        } else {
+            assert!(
+                rec.is_none(),
+                "e{i} is DE, filtered out by the file's where"
+            );
+        }
+    }
+    drop(store);
+
+    // A flag overrides the file: --where keeps the DE rows instead.
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "batch",
+            "--config",
+            "jobs/nightly.toml",
+            "--where",
+            "country = 'DE'",
+            "--run-id",
+            "override",
+            "--json",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(s["rows_read"], 500, "{s}");
+    assert_eq!(
+        s["filled"]["missing_feature"], 1,
+        "e7 is DE and has the null"
+    );
+    assert_eq!(s["run_id"], "override");
+
+    // Bad files: an unknown key is named, a missing model is explained.
+    let bad = job_dir.join("bad.toml");
+    std::fs::write(&bad, "modle = \"x.onnx\"\n").unwrap();
+    let out = tandem(&["batch", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("modle"), "{}", text(&out.stderr));
+    std::fs::write(&bad, "input = \"x.parquet\"\n").unwrap();
+    let out = tandem(&["batch", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no model"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(
+        &bad,
+        "model = \"m.onnx\"\ninput = \"x.parquet\"\nttl = \"soon\"\n",
+    )
+    .unwrap();
+    let out = tandem(&["batch", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("ttl"), "{}", text(&out.stderr));
+}
