@@ -214,7 +214,7 @@ async fn run_batch_inner(
     }
     let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let model = Arc::new(Model::load(&opts.model)?);
-    let input = InputSpec::resolve(&opts.input)?;
+    let input = InputSpec::open(&opts.input).await?;
     let store = open_store(opts.store.as_deref()).await?;
     let mut index = opts
         .index

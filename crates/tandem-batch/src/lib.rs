@@ -11,6 +11,7 @@ pub mod error;
 pub mod index;
 pub mod job;
 pub mod materialize;
+pub mod objects;
 pub mod plan;
 pub mod refresh;
 pub mod rows;

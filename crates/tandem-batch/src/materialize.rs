@@ -134,7 +134,7 @@ async fn run_materialize_inner(
         Some(p) => Some(Model::load(p)?),
         None => None,
     };
-    let input = InputSpec::resolve(&opts.input)?;
+    let input = InputSpec::open(&opts.input).await?;
     let store: Arc<dyn Store> = open_store(Some(&opts.store))
         .await?
         .ok_or_else(|| BatchError::Invalid("no store".into()))?;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::options::ReadOptions;
 use datafusion::logical_expr::Partitioning;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tandem_model::Model;
@@ -20,6 +22,9 @@ pub struct InputSpec {
     pub path: String,
     /// Parquet or CSV.
     pub format: Format,
+    /// The objects a remote glob matched (full URLs), read in place of
+    /// `path`; empty otherwise.
+    pub files: Vec<String>,
 }
 
 /// Input file format.
@@ -31,7 +36,60 @@ pub enum Format {
     Csv,
 }
 
+fn format_of(name: &str) -> Option<Format> {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+        Some(Format::Parquet)
+    } else if lower.ends_with(".csv") {
+        Some(Format::Csv)
+    } else {
+        None
+    }
+}
+
 impl InputSpec {
+    /// Resolves a local path (as [`InputSpec::resolve`]) or an object-store
+    /// URL ([`crate::objects`]): checks that it exists and tells its format,
+    /// from the extension or, for a prefix, from the objects under it.
+    pub async fn open(path: &str) -> Result<InputSpec, BatchError> {
+        if !crate::objects::is_remote(path) {
+            return InputSpec::resolve(path);
+        }
+        let err = |detail: &str| BatchError::Input {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if path.contains(['*', '?', '[']) {
+            let files = crate::objects::expand_glob(path).await?;
+            let format = format_of(path)
+                .or_else(|| files.first().and_then(|f| format_of(f)))
+                .ok_or_else(|| err("cannot tell the format: end the glob in .parquet or .csv"))?;
+            return Ok(InputSpec {
+                path: path.to_owned(),
+                format,
+                files,
+            });
+        }
+        let first = crate::objects::first_file(path).await?;
+        let format = format_of(&first).ok_or_else(|| {
+            err("cannot tell the format: name a .parquet or .csv object, prefix or glob")
+        })?;
+        // A prefix is a directory to DataFusion only with its slash.
+        let object = path
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.trim_end_matches('/').ends_with(first.as_str()));
+        let path = if object || path.ends_with('/') {
+            path.to_owned()
+        } else {
+            format!("{path}/")
+        };
+        Ok(InputSpec {
+            path,
+            format,
+            files: Vec::new(),
+        })
+    }
+
     /// Resolves the format from the path (extension, or the files of a
     /// directory) and checks that a local input exists, naming it if not.
     pub fn resolve(path: &str) -> Result<InputSpec, BatchError> {
@@ -39,16 +97,7 @@ impl InputSpec {
             path: path.to_owned(),
             detail,
         };
-        let by_ext = |p: &str| -> Option<Format> {
-            let lower = p.to_ascii_lowercase();
-            if lower.ends_with(".parquet") || lower.ends_with(".pq") {
-                Some(Format::Parquet)
-            } else if lower.ends_with(".csv") {
-                Some(Format::Csv)
-            } else {
-                None
-            }
-        };
+        let by_ext = format_of;
         let is_glob = path.contains(['*', '?', '[']);
         let local = Path::new(path);
         let format = if !is_glob && local.is_dir() {
@@ -75,6 +124,7 @@ impl InputSpec {
         Ok(InputSpec {
             path: path.to_owned(),
             format,
+            files: Vec::new(),
         })
     }
 }
@@ -89,26 +139,60 @@ pub async fn session(
     let config = SessionConfig::new()
         .with_target_partitions(cores)
         .with_batch_size(8192);
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, crate::objects::runtime_env());
     if let Some((model, fill)) = model {
         ctx.register_udf(PredictUdf::new(model.clone(), fill).into_udf());
     }
     ctx.register_udf(ShardUdf::default().into_udf());
-    let registered = match input.format {
-        Format::Parquet => {
-            ctx.register_parquet("input", &input.path, ParquetReadOptions::default())
-                .await
-        }
-        Format::Csv => {
-            ctx.register_csv("input", &input.path, CsvReadOptions::new().has_header(true))
-                .await
-        }
-    };
-    registered.map_err(|e| BatchError::Input {
+    register_input(&ctx, input, &input.path).await?;
+    Ok(ctx)
+}
+
+/// Registers the input as table `input`, read from `path` (the input's
+/// path, or its absolute form for a cluster), or from the objects a remote
+/// glob matched.
+pub async fn register_input(
+    ctx: &SessionContext,
+    input: &InputSpec,
+    path: &str,
+) -> Result<(), BatchError> {
+    let err = |e: datafusion::error::DataFusionError| BatchError::Input {
         path: input.path.clone(),
         detail: e.to_string(),
-    })?;
-    Ok(ctx)
+    };
+    let config = ctx.copied_config();
+    let options = match input.format {
+        Format::Parquet => {
+            ParquetReadOptions::default().to_listing_options(&config, ctx.copied_table_options())
+        }
+        Format::Csv => CsvReadOptions::new()
+            .has_header(true)
+            .to_listing_options(&config, ctx.copied_table_options()),
+    };
+    if input.files.is_empty() {
+        return ctx
+            .register_listing_table("input", path, options, None, None)
+            .await
+            .map_err(err);
+    }
+    let urls = input
+        .files
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    let schema = options
+        .infer_schema(&ctx.state(), &urls[0])
+        .await
+        .map_err(err)?;
+    let table = ListingTable::try_new(
+        ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(schema),
+    )
+    .map_err(err)?;
+    ctx.register_table("input", Arc::new(table)).map_err(err)?;
+    Ok(())
 }
 
 /// Registers `base` as view `tandem_src`, spread round-robin over every

@@ -285,7 +285,7 @@ async fn refresh_inner(
 ) -> Result<RefreshSummary, BatchError> {
     let started = Instant::now();
     check(opts)?;
-    let input = InputSpec::resolve(&opts.input)?;
+    let input = InputSpec::open(&opts.input).await?;
     let ctx = session(&input, None).await?;
     let base = base_query(None, None);
     let schema: Schema = ctx.sql(&base).await?.schema().as_arrow().clone();

@@ -34,7 +34,7 @@ use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service
 use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -44,7 +44,7 @@ use tandem_model::Model;
 
 use crate::error::BatchError;
 use crate::job::{BatchOptions, BatchSummary, Progress, new_run_id};
-use crate::plan::{Format, InputSpec, base_query, ident, resolve_features};
+use crate::plan::{InputSpec, base_query, ident, resolve_features};
 use crate::udf::ShardUdf;
 use udf::ScoreUdf;
 
@@ -135,7 +135,10 @@ pub async fn run_scheduler(
         expire_dead_executor_interval_seconds: (timeout / 3).max(1),
         no_executors_grace_period_seconds: timeout,
         override_session_builder: Some(Arc::new(|cfg: SessionConfig| {
-            Ok(with_udfs(default_session_builder(cfg)?, None))
+            let state = SessionStateBuilder::new_from_existing(default_session_builder(cfg)?)
+                .with_runtime_env(crate::objects::runtime_env())
+                .build();
+            Ok(with_udfs(state, None))
         })),
         ..SchedulerConfig::default()
     };
@@ -175,6 +178,7 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<(), BatchError> {
             opts.memory_fraction
         )));
     }
+    let temp_dir = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let config = ExecutorProcessConfig {
         bind_host: opts.bind_host.clone(),
         external_host: opts.external_host.clone(),
@@ -192,6 +196,14 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<(), BatchError> {
         executor_heartbeat_interval_seconds: opts.heartbeat_secs.max(1),
         memory_pool_fraction: opts.memory_fraction,
         override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(&state))),
+        // Ballista's own base runtime, plus object stores made from the
+        // executor's environment (s3://, gs://, az://, http(s)://).
+        override_runtime_producer: Some(Arc::new(move |_| {
+            RuntimeEnvBuilder::new()
+                .with_temp_file_path(temp_dir.clone())
+                .with_object_store_registry(Arc::new(crate::objects::ObjectStores::new()))
+                .build_arc()
+        })),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config))
@@ -309,7 +321,7 @@ pub async fn run_batch_cluster(
     }
     let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let model = Arc::new(Model::load(&opts.model)?);
-    let input = InputSpec::resolve(&opts.input)?;
+    let input = InputSpec::open(&opts.input).await?;
     // The store must answer before anything runs (the executors open it
     // again by URL).
     let store = crate::job::open_store(opts.store.as_deref()).await?;
@@ -329,6 +341,7 @@ pub async fn run_batch_cluster(
 
     let state = SessionStateBuilder::new()
         .with_default_features()
+        .with_runtime_env(crate::objects::runtime_env())
         .with_config(
             SessionConfig::new()
                 .with_batch_size(8192)
@@ -546,20 +559,7 @@ async fn register_input(ctx: &SessionContext, input: &InputSpec) -> Result<(), B
             .to_string_lossy()
             .into_owned()
     };
-    let registered = match input.format {
-        Format::Parquet => {
-            ctx.register_parquet("input", &path, ParquetReadOptions::default())
-                .await
-        }
-        Format::Csv => {
-            ctx.register_csv("input", &path, CsvReadOptions::new().has_header(true))
-                .await
-        }
-    };
-    registered.map_err(|e| BatchError::Input {
-        path: input.path.clone(),
-        detail: e.to_string(),
-    })
+    crate::plan::register_input(ctx, input, &path).await
 }
 
 /// `--strict`: fails before anything is written, naming a bad entity.
