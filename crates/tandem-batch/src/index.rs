@@ -11,15 +11,26 @@
 //! eviction policy) can lose records the index still lists, so refresh
 //! without `--index` now and then finds those as `missing`.
 //!
+//! Entries keep the order in which the run met the entities, which is the
+//! input's order (up to the interleaving of parallel batches). Tomorrow's
+//! snapshot of the same table usually comes in the same order, so refresh
+//! looks entities up with a [`Cursor`]: the entry after the previous hit is
+//! tried first, and only a miss goes to a hash map (built on the first
+//! miss). Walking the index in step with the input costs no random memory
+//! access; a hash lookup per entity costs one or two cache misses, which
+//! was most of a no-op refresh.
+//!
 //! File layout (little endian): magic `TNDMIDX2`, model name length (u32)
-//! and bytes, version (u64), entry count (u64), then the entries, in no
-//! particular order: id hash (u64), digest (u64, [`row_hash`]),
+//! and bytes, version (u64), entry count (u64), then the entries in that
+//! order: id hash (u64), digest (u64, [`row_hash`]),
 //! computed_at (u32 unix seconds), expires_at (u32 unix seconds). Written
 //! to a temporary file and renamed, so a reader never sees half an index.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::error::BatchError;
 
@@ -55,17 +66,63 @@ pub struct IndexEntry {
     pub expires_at: u32,
 }
 
-/// Entities by id hash ([`tandem_core::digest::id_hash`]).
-#[derive(Debug, Clone, Default)]
+/// Hasher for keys that are already 64-bit hashes: one xor-shift and
+/// multiply (hashbrown takes its buckets from the low bits and its tags
+/// from the high ones; both then depend on every bit of the key).
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+
+    fn write_u64(&mut self, k: u64) {
+        self.0 = (k ^ (k >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    }
+}
+
+type KeyMap = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
+
+/// Entities by id hash ([`tandem_core::digest::id_hash`]), in the order
+/// the run met them.
+#[derive(Debug, Default)]
 pub struct DigestIndex {
     /// Model name of the records.
     pub model: String,
     /// Model version of the records.
     pub version: u64,
-    /// Entries by id hash.
-    pub entries: HashMap<u64, IndexEntry>,
+    keys: Vec<u64>,
+    entries: Vec<IndexEntry>,
+    /// Position by key, built on the first lookup that misses the cursor.
+    map: OnceLock<KeyMap>,
 }
 
+/// Looks keys up in input order (see the module doc).
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    index: &'a DigestIndex,
+    next: usize,
+}
+
+impl Cursor<'_> {
+    /// The position of `key`, trying the entry after the last hit first.
+    pub fn find(&mut self, key: u64) -> Option<usize> {
+        if self.index.keys.get(self.next) == Some(&key) {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        let at = self.index.position(key)?;
+        self.next = at + 1;
+        Some(at)
+    }
+}
 fn err(path: &Path, detail: impl std::fmt::Display) -> BatchError {
     BatchError::Index {
         path: path.display().to_string(),
@@ -88,8 +145,82 @@ impl DigestIndex {
         DigestIndex {
             model: model.to_owned(),
             version,
-            entries: HashMap::new(),
+            ..DigestIndex::default()
         }
+    }
+
+    /// Entities in the index.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The index holds no entity.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn map(&self) -> &KeyMap {
+        self.map.get_or_init(|| {
+            let mut map = KeyMap::with_capacity_and_hasher(self.keys.len(), Default::default());
+            for (at, k) in self.keys.iter().enumerate() {
+                // A key met twice (a 64-bit collision): the later entry wins.
+                map.insert(*k, at as u32);
+            }
+            map
+        })
+    }
+
+    /// The position of `key`.
+    pub fn position(&self, key: u64) -> Option<usize> {
+        self.map().get(&key).map(|at| *at as usize)
+    }
+
+    /// The entry of `key`.
+    pub fn get(&self, key: u64) -> Option<&IndexEntry> {
+        self.position(key).map(|at| &self.entries[at])
+    }
+
+    /// The entry at `at` (from [`DigestIndex::position`] or a [`Cursor`]).
+    pub fn entry(&self, at: usize) -> Option<&IndexEntry> {
+        self.entries.get(at)
+    }
+
+    /// A cursor at the first entry.
+    pub fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            index: self,
+            next: 0,
+        }
+    }
+
+    /// Appends an entity the index does not hold yet (a batch run meets
+    /// each id once).
+    pub fn push(&mut self, key: u64, entry: IndexEntry) {
+        if let Some(map) = self.map.get_mut() {
+            map.insert(key, self.keys.len() as u32);
+        }
+        self.keys.push(key);
+        self.entries.push(entry);
+    }
+
+    /// Replaces the entry at `at`, if there is one.
+    pub fn set(&mut self, at: usize, entry: IndexEntry) {
+        if let Some(e) = self.entries.get_mut(at) {
+            *e = entry;
+        }
+    }
+
+    /// Sets the entry of `key`, appending it when it is new.
+    pub fn upsert(&mut self, key: u64, entry: IndexEntry) {
+        match self.position(key) {
+            Some(at) => self.entries[at] = entry,
+            None => self.push(key, entry),
+        }
+    }
+
+    /// Every (key, entry), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &IndexEntry)> {
+        self.keys.iter().copied().zip(&self.entries)
     }
 
     /// Reads an index file.
@@ -115,21 +246,22 @@ impl DigestIndex {
         let version = u64_at(take(8)?);
         let count = usize::try_from(u64_at(take(8)?)).map_err(|_| corrupt())?;
         let body = take(count.checked_mul(24).ok_or_else(corrupt)?)?;
-        let mut entries = HashMap::with_capacity(count);
+        let mut keys = Vec::with_capacity(count);
+        let mut entries = Vec::with_capacity(count);
         for e in body.chunks_exact(24) {
-            entries.insert(
-                u64_at(&e[0..8]),
-                IndexEntry {
-                    digest: u64_at(&e[8..16]),
-                    computed_at: u32_at(&e[16..20]),
-                    expires_at: u32_at(&e[20..24]),
-                },
-            );
+            keys.push(u64_at(&e[0..8]));
+            entries.push(IndexEntry {
+                digest: u64_at(&e[8..16]),
+                computed_at: u32_at(&e[16..20]),
+                expires_at: u32_at(&e[20..24]),
+            });
         }
         Ok(DigestIndex {
             model,
             version,
+            keys,
             entries,
+            map: OnceLock::new(),
         })
     }
 
@@ -151,8 +283,8 @@ impl DigestIndex {
             w.write_all(&u32::try_from(name.len()).unwrap_or(0).to_le_bytes())?;
             w.write_all(name)?;
             w.write_all(&self.version.to_le_bytes())?;
-            w.write_all(&(self.entries.len() as u64).to_le_bytes())?;
-            for (k, e) in &self.entries {
+            w.write_all(&(self.keys.len() as u64).to_le_bytes())?;
+            for (k, e) in self.iter() {
                 w.write_all(&k.to_le_bytes())?;
                 w.write_all(&e.digest.to_le_bytes())?;
                 w.write_all(&e.computed_at.to_le_bytes())?;
@@ -182,12 +314,44 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_walks_in_order_and_falls_back_to_the_map() {
+        let entry = |d: u64| IndexEntry {
+            digest: d,
+            computed_at: 1,
+            expires_at: 2,
+        };
+        let mut index = DigestIndex::new("m", 1);
+        for k in 0..100u64 {
+            index.push(k * 31 + 7, entry(k));
+        }
+        let mut c = index.cursor();
+        // In order: every lookup is the next entry.
+        for k in 0..50u64 {
+            assert_eq!(c.find(k * 31 + 7), Some(k as usize));
+        }
+        // Out of order, absent, then in order again from the new place.
+        assert_eq!(c.find(90 * 31 + 7), Some(90));
+        assert_eq!(c.find(12345), None);
+        assert_eq!(c.find(91 * 31 + 7), Some(91));
+        assert_eq!(c.find(3 * 31 + 7), Some(3));
+        assert_eq!(index.get(99 * 31 + 7), Some(&entry(99)));
+        // Updates keep positions; new keys are found after the map exists.
+        index.upsert(5 * 31 + 7, entry(500));
+        index.upsert(777_777, entry(7));
+        assert_eq!(index.get(5 * 31 + 7), Some(&entry(500)));
+        assert_eq!(index.position(777_777), Some(100));
+        index.set(0, entry(42));
+        assert_eq!(index.entry(0), Some(&entry(42)));
+        assert_eq!(index.len(), 101);
+    }
+
+    #[test]
     fn an_index_round_trips_and_a_bad_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("churn.idx");
         let mut index = DigestIndex::new("churn", 3);
         for i in 0..1000u64 {
-            index.entries.insert(
+            index.push(
                 i * 7919,
                 IndexEntry {
                     digest: i ^ 0xdead_beef,
@@ -200,7 +364,7 @@ mod tests {
         let back = DigestIndex::read(&path).unwrap();
         assert_eq!(back.model, "churn");
         assert_eq!(back.version, 3);
-        assert_eq!(back.entries, index.entries);
+        assert!(back.iter().eq(index.iter()), "same entries, same order");
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file left");
 

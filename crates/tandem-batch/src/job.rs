@@ -299,7 +299,7 @@ async fn run_batch_inner(
         }
         if let Some(ix) = &mut index {
             for row in &kept {
-                ix.entries.insert(
+                ix.push(
                     crate::digest::id_hash(&row.id),
                     crate::index::IndexEntry {
                         digest: row.index_hash,

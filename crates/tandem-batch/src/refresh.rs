@@ -23,7 +23,7 @@
 //! rescored by it, so an interrupted run finishes where it stopped, and a
 //! rerun after success finds nothing left to do (idempotent).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,6 +37,7 @@ use tandem_core::record::{l2_distance, pack_inputs, unix_seconds, unpack_inputs}
 use tandem_core::{FeatureBatch, PredictionRecord, PredictionSource};
 use tandem_model::Model;
 use tandem_store::{PredictionEntry, Store, StoreError};
+use tokio::task::JoinHandle;
 
 use crate::error::BatchError;
 use crate::index::{DigestIndex, HASH_SEED, IndexEntry, mix, row_hash, secs};
@@ -144,14 +145,19 @@ enum Decision {
     Done,
 }
 
-struct Judge<'a> {
-    opts: &'a RefreshOptions,
-    model: &'a Model,
-    run_id: &'a str,
+/// Decides, per entity, from its stored record.
+struct Judge {
+    resume: bool,
+    model_changed: bool,
+    older_than: Option<Duration>,
+    changed_threshold: Option<f64>,
+    model: Arc<str>,
+    version: u64,
+    run_id: String,
     now: SystemTime,
 }
 
-impl Judge<'_> {
+impl Judge {
     fn decide(
         &self,
         found: &Result<PredictionRecord, StoreError>,
@@ -164,20 +170,18 @@ impl Judge<'_> {
             }
             Err(e) => return Err(BatchError::Store(e.clone())),
         };
-        if self.opts.resume && record.run_id.as_deref() == Some(self.run_id) {
+        if self.resume && record.run_id.as_deref() == Some(self.run_id.as_str()) {
             return Ok(Decision::Done);
         }
-        if self.opts.model_changed
-            && (*record.model != *self.model.name() || record.version != self.model.version())
-        {
+        if self.model_changed && (record.model != self.model || record.version != self.version) {
             return Ok(Decision::Rescore("model_changed"));
         }
-        if let Some(d) = self.opts.older_than
+        if let Some(d) = self.older_than
             && record.age(self.now) > d
         {
             return Ok(Decision::Rescore("older"));
         }
-        if let Some(t) = self.opts.changed_threshold {
+        if let Some(t) = self.changed_threshold {
             let digest = feature_digest(row);
             if record.digest.as_deref() != Some(digest.as_str()) {
                 let distance = record
@@ -194,6 +198,112 @@ impl Judge<'_> {
         Ok(Decision::Keep)
     }
 }
+
+/// Entities the index could not clear, on their way to the store.
+#[derive(Default)]
+struct Chunk {
+    ids: Vec<String>,
+    rows: Vec<Vec<f32>>,
+    /// Each entity's position in the index, when it has one.
+    at: Vec<Option<usize>>,
+}
+
+/// What one chunk came to.
+#[derive(Default)]
+struct ChunkDone {
+    checked: u64,
+    unchanged: u64,
+    already_done: u64,
+    rescored: u64,
+    reasons: BTreeMap<&'static str, u64>,
+    /// (id hash, index position, entry) of what was rescored.
+    updates: Vec<(u64, Option<usize>, IndexEntry)>,
+}
+
+/// What every chunk shares.
+struct Scorer {
+    judge: Judge,
+    model: Arc<Model>,
+    store: Arc<dyn Store>,
+    run: Arc<str>,
+    timestamp: f64,
+    ttl: Duration,
+    with_index: bool,
+}
+
+impl Scorer {
+    /// Reads the chunk's records, decides, rescores and writes.
+    async fn run(self: Arc<Self>, chunk: Chunk) -> Result<ChunkDone, BatchError> {
+        let mut done = ChunkDone {
+            checked: chunk.ids.len() as u64,
+            ..ChunkDone::default()
+        };
+        let found = self.store.get_predictions(&chunk.ids).await?;
+        let mut pick: Vec<usize> = Vec::new();
+        for (i, f) in found.iter().enumerate() {
+            match self.judge.decide(f, &chunk.rows[i])? {
+                Decision::Rescore(why) => {
+                    *done.reasons.entry(why).or_default() += 1;
+                    pick.push(i);
+                }
+                Decision::Keep => done.unchanged += 1,
+                Decision::Done => done.already_done += 1,
+            }
+        }
+        if pick.is_empty() {
+            return Ok(done);
+        }
+        let picked: Vec<Vec<f32>> = pick.iter().map(|i| chunk.rows[*i].clone()).collect();
+        let batch = FeatureBatch::from_rows(&picked)
+            .map_err(|e| BatchError::Invalid(format!("building a batch: {e}")))?;
+        let m = self.model.clone();
+        let p = tokio::task::spawn_blocking(move || m.predict(&batch))
+            .await
+            .map_err(|e| BatchError::Invalid(format!("the model panicked: {e}")))??;
+        let entries: Vec<PredictionEntry> = pick
+            .iter()
+            .enumerate()
+            .map(|(k, i)| PredictionEntry {
+                entity: chunk.ids[*i].clone(),
+                record: PredictionRecord {
+                    prediction: f64::from(p.row(k)[0]),
+                    timestamp: self.timestamp,
+                    values: None,
+                    model: self.judge.model.clone(),
+                    version: self.judge.version,
+                    source: PredictionSource::Batch,
+                    run_id: Some(self.run.clone()),
+                    digest: Some(feature_digest(&chunk.rows[*i]).into()),
+                    inputs: Some(pack_inputs(&chunk.rows[*i]).into()),
+                },
+                ttl: self.ttl,
+            })
+            .collect();
+        self.store.put_predictions(&entries).await?;
+        done.rescored = entries.len() as u64;
+        if self.with_index {
+            let expires = secs(self.timestamp + self.ttl.as_secs_f64());
+            done.updates = pick
+                .iter()
+                .map(|i| {
+                    (
+                        id_hash(&chunk.ids[*i]),
+                        chunk.at[*i],
+                        IndexEntry {
+                            digest: row_hash(&chunk.rows[*i]),
+                            computed_at: secs(self.timestamp),
+                            expires_at: expires,
+                        },
+                    )
+                })
+                .collect();
+        }
+        Ok(done)
+    }
+}
+
+/// Chunks read, judged and written while the scan goes on.
+const IN_FLIGHT: usize = 2;
 
 /// Runs a refresh, opening the model and the store it names.
 pub async fn run_refresh(
@@ -218,6 +328,13 @@ pub async fn run_refresh(
             failed
         }
     }
+}
+
+/// A chunk task's result (a panic in it is an error of the run).
+fn joined(
+    r: Result<Result<ChunkDone, BatchError>, tokio::task::JoinError>,
+) -> Result<ChunkDone, BatchError> {
+    r.map_err(|e| BatchError::Invalid(format!("a refresh task failed: {e}")))?
 }
 
 fn record(result: &Result<RefreshSummary, BatchError>, started: Instant) {
@@ -306,12 +423,7 @@ async fn refresh_inner(
         .clone()
         .unwrap_or_else(|| new_run_id().replacen("run-", "refresh-", 1));
     let run: Arc<str> = Arc::from(run_id.as_str());
-    let judge = Judge {
-        opts,
-        model: &model,
-        run_id: &run_id,
-        now: SystemTime::now(),
-    };
+    let now = SystemTime::now();
     let mut index = match &opts.index {
         Some(p) if p.exists() => Some(DigestIndex::read(p)?),
         Some(_) => Some(DigestIndex::new(model.name(), model.version())),
@@ -321,20 +433,18 @@ async fn refresh_inner(
     let prefilter = index.as_ref().filter(|ix| {
         !opts.model_changed || (ix.model == model.name() && ix.version == model.version())
     });
-    let now_secs = secs(unix_seconds(judge.now));
-    let clears = |id: &str, hash: u64| -> bool {
-        let Some(e) = prefilter.and_then(|ix| ix.entries.get(&id_hash(id))) else {
-            return false;
-        };
+    let now_secs = secs(unix_seconds(now));
+    let clears = |e: &IndexEntry, hash: u64| -> bool {
         e.expires_at > now_secs
             && opts
                 .older_than
                 .is_none_or(|d| u64::from(now_secs.saturating_sub(e.computed_at)) <= d.as_secs())
             && (opts.changed_threshold.is_none() || e.digest == hash)
     };
+    let mut cursor = prefilter.map(DigestIndex::cursor);
     let mut cleared = 0u64;
     let mut inactive = 0u64;
-    let mut updates: Vec<(u64, IndexEntry)> = Vec::new();
+    let mut updates: Vec<(u64, Option<usize>, IndexEntry)> = Vec::new();
     let mut s = RefreshSummary {
         run_id: run_id.clone(),
         model: model.name().to_string(),
@@ -357,127 +467,128 @@ async fn refresh_inner(
     progress.start(total);
     let query = scoring_query(&base, &opts.id_column, &features, None, false);
     let mut stream = ctx.sql(&query).await?.execute_stream().await?;
-    let timestamp = unix_seconds(SystemTime::now());
-    let model_name: Arc<str> = Arc::from(model.name());
-    let mut ids: Vec<String> = Vec::with_capacity(opts.chunk);
-    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(opts.chunk);
-    let chunk = opts.chunk.max(1);
-    loop {
-        let next = stream.next().await;
-        let done = next.is_none();
-        if let Some(batch) = next {
-            let batch = batch?;
-            let id_col = strings(batch.column(0))?;
-            let cols: Vec<_> = (0..features.len())
-                .map(|f| doubles(batch.column(1 + f)))
-                .collect::<Result<_, _>>()?;
-            let n = batch.num_rows();
-            let fill = opts.fill as f32;
-            // A feature as the model gets it.
-            let value = |c: &Float64Array, r: usize| -> f32 {
-                if c.is_null(r) || c.value(r).is_nan() {
-                    fill
-                } else {
-                    c.value(r) as f32
-                }
-            };
-            // Row hashes for the index, column by column (cache-friendly;
-            // rows are only assembled for the entities not cleared).
-            let hashes: Option<Vec<u64>> = prefilter.map(|_| {
-                let mut h = vec![HASH_SEED; n];
-                for c in &cols {
-                    for (r, hr) in h.iter_mut().enumerate() {
-                        *hr = mix(*hr, value(c, r).to_bits());
+    let scorer = Arc::new(Scorer {
+        judge: Judge {
+            resume: opts.resume,
+            model_changed: opts.model_changed,
+            older_than: opts.older_than,
+            changed_threshold: opts.changed_threshold,
+            model: Arc::from(model.name()),
+            version: model.version(),
+            run_id: run_id.clone(),
+            now,
+        },
+        model: model.clone(),
+        store: store.clone(),
+        run,
+        timestamp: unix_seconds(SystemTime::now()),
+        ttl: opts.ttl,
+        with_index: index.is_some(),
+    });
+    let mut in_flight: VecDeque<JoinHandle<Result<ChunkDone, BatchError>>> = VecDeque::new();
+    let mut absorb = |done: ChunkDone, s: &mut RefreshSummary| {
+        s.checked += done.checked;
+        s.unchanged += done.unchanged;
+        s.already_done += done.already_done;
+        s.rescored += done.rescored;
+        for (why, n) in done.reasons {
+            *s.reasons.entry(why.to_string()).or_default() += n;
+        }
+        updates.extend(done.updates);
+    };
+    let chunk_size = opts.chunk.max(1);
+    let mut chunk = Chunk::default();
+    let fill = opts.fill as f32;
+    let outcome: Result<(), BatchError> = async {
+        loop {
+            let next = stream.next().await;
+            let done = next.is_none();
+            if let Some(batch) = next {
+                let batch = batch?;
+                let id_col = strings(batch.column(0))?;
+                let cols: Vec<_> = (0..features.len())
+                    .map(|f| doubles(batch.column(1 + f)))
+                    .collect::<Result<_, _>>()?;
+                let n = batch.num_rows();
+                // A feature as the model gets it.
+                let value = |c: &Float64Array, r: usize| -> f32 {
+                    if c.is_null(r) || c.value(r).is_nan() {
+                        fill
+                    } else {
+                        c.value(r) as f32
                     }
-                }
-                h
-            });
-            for r in 0..n {
-                if !id_col.is_valid(r) {
-                    continue;
-                }
-                let id = id_col.value(r);
-                if let Some(active) = &active
-                    && !active.contains(id)
-                {
-                    inactive += 1;
-                    continue;
-                }
-                if let Some(h) = &hashes
-                    && clears(id, h[r])
-                {
-                    cleared += 1;
-                    continue;
-                }
-                ids.push(id.to_string());
-                rows.push(cols.iter().map(|c| value(c, r)).collect());
-            }
-            progress.advance(batch.num_rows() as u64);
-        }
-        if ids.len() >= chunk || (done && !ids.is_empty()) {
-            crate::warm::yield_to(busy).await;
-            let ids = std::mem::take(&mut ids);
-            let rows = std::mem::take(&mut rows);
-            s.checked += ids.len() as u64;
-            let found = store.get_predictions(&ids).await?;
-            let mut pick: Vec<usize> = Vec::new();
-            for (i, f) in found.iter().enumerate() {
-                match judge.decide(f, &rows[i])? {
-                    Decision::Rescore(why) => {
-                        *s.reasons.entry(why.to_string()).or_default() += 1;
-                        pick.push(i);
+                };
+                // Row hashes for the index, column by column (rows are
+                // assembled only for the entities not cleared).
+                let hashes: Option<Vec<u64>> = prefilter.map(|_| {
+                    let mut h = vec![HASH_SEED; n];
+                    for c in &cols {
+                        if c.null_count() == 0 {
+                            for (hr, v) in h.iter_mut().zip(c.values().iter()) {
+                                let x = if v.is_nan() { fill } else { *v as f32 };
+                                *hr = mix(*hr, x.to_bits());
+                            }
+                        } else {
+                            for (r, hr) in h.iter_mut().enumerate() {
+                                *hr = mix(*hr, value(c, r).to_bits());
+                            }
+                        }
                     }
-                    Decision::Keep => s.unchanged += 1,
-                    Decision::Done => s.already_done += 1,
+                    h
+                });
+                for r in 0..n {
+                    if !id_col.is_valid(r) {
+                        continue;
+                    }
+                    let id = id_col.value(r);
+                    if let Some(active) = &active
+                        && !active.contains(id)
+                    {
+                        inactive += 1;
+                        continue;
+                    }
+                    let mut at = None;
+                    if let (Some(h), Some(c), Some(ix)) = (&hashes, &mut cursor, prefilter) {
+                        at = c.find(id_hash(id));
+                        if at
+                            .and_then(|a| ix.entry(a))
+                            .is_some_and(|e| clears(e, h[r]))
+                        {
+                            cleared += 1;
+                            continue;
+                        }
+                    }
+                    chunk.ids.push(id.to_string());
+                    chunk.rows.push(cols.iter().map(|c| value(c, r)).collect());
+                    chunk.at.push(at);
                 }
+                progress.advance(batch.num_rows() as u64);
             }
-            if !pick.is_empty() {
-                let picked: Vec<Vec<f32>> = pick.iter().map(|i| rows[*i].clone()).collect();
-                let batch = FeatureBatch::from_rows(&picked)
-                    .map_err(|e| BatchError::Invalid(format!("building a batch: {e}")))?;
-                let m = model.clone();
-                let p = tokio::task::spawn_blocking(move || m.predict(&batch))
-                    .await
-                    .map_err(|e| BatchError::Invalid(format!("the model panicked: {e}")))??;
-                let entries: Vec<PredictionEntry> = pick
-                    .iter()
-                    .enumerate()
-                    .map(|(k, i)| PredictionEntry {
-                        entity: ids[*i].clone(),
-                        record: PredictionRecord {
-                            prediction: f64::from(p.row(k)[0]),
-                            timestamp,
-                            values: None,
-                            model: model_name.clone(),
-                            version: model.version(),
-                            source: PredictionSource::Batch,
-                            run_id: Some(run.clone()),
-                            digest: Some(feature_digest(&rows[*i]).into()),
-                            inputs: Some(pack_inputs(&rows[*i]).into()),
-                        },
-                        ttl: opts.ttl,
-                    })
-                    .collect();
-                store.put_predictions(&entries).await?;
-                s.rescored += entries.len() as u64;
-                if index.is_some() {
-                    let expires = secs(timestamp + opts.ttl.as_secs_f64());
-                    updates.extend(pick.iter().map(|i| {
-                        (
-                            id_hash(&ids[*i]),
-                            IndexEntry {
-                                digest: row_hash(&rows[*i]),
-                                computed_at: secs(timestamp),
-                                expires_at: expires,
-                            },
-                        )
-                    }));
+            if chunk.ids.len() >= chunk_size || (done && !chunk.ids.is_empty()) {
+                crate::warm::yield_to(busy).await;
+                if in_flight.len() >= IN_FLIGHT
+                    && let Some(first) = in_flight.pop_front()
+                {
+                    absorb(joined(first.await)?, &mut s);
                 }
+                let full = std::mem::take(&mut chunk);
+                in_flight.push_back(tokio::spawn(scorer.clone().run(full)));
+            }
+            if done {
+                break;
             }
         }
-        if done {
-            break;
+        while let Some(first) = in_flight.pop_front() {
+            absorb(joined(first.await)?, &mut s);
         }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        for task in in_flight {
+            task.abort();
+        }
+        return Err(e);
     }
     progress.finish();
     s.checked += cleared + inactive;
@@ -491,12 +602,18 @@ async fn refresh_inner(
             || ix.model != model.name()
             || ix.version != model.version())
     {
-        if ix.model != model.name() || ix.version != model.version() {
+        let same = ix.model == model.name() && ix.version == model.version();
+        if !same {
             // Entries made by another model say nothing about this one's
             // records beyond what was just rescored.
             ix = DigestIndex::new(model.name(), model.version());
         }
-        ix.entries.extend(updates);
+        for (key, at, entry) in updates {
+            match at {
+                Some(at) if same => ix.set(at, entry),
+                _ => ix.upsert(key, entry),
+            }
+        }
         ix.write(path)?;
     }
     s.rescored_fraction = if s.checked == 0 {
