@@ -104,25 +104,59 @@ pub struct DigestIndex {
     map: OnceLock<KeyMap>,
 }
 
-/// Looks keys up in input order (see the module doc).
+/// Looks keys up in input order (see the module doc). A scan of several
+/// partitions interleaves their batches, so the cursor remembers where the
+/// last few runs stopped ([`Cursor::RUNS`]) and tries each before the hash
+/// map: two row groups read in parallel cost a few comparisons per batch,
+/// not a map.
 #[derive(Debug)]
 pub struct Cursor<'a> {
     index: &'a DigestIndex,
     next: usize,
+    /// Where other runs would continue (`usize::MAX`: none).
+    others: [usize; Cursor::RUNS],
+    /// The slot of `others` to replace next.
+    oldest: usize,
+    /// Misses resolved by a linear scan so far.
+    scans: usize,
 }
 
 impl Cursor<'_> {
-    /// The position of `key`, trying the entry after the last hit first.
+    /// Runs remembered besides the current one.
+    pub const RUNS: usize = 8;
+    /// Misses resolved by a linear scan before the map is built.
+    pub const SCANS: usize = 16;
+
+    /// The position of `key`, trying the entry after the last hit first,
+    /// then where the other recent runs stopped, then the map.
     pub fn find(&mut self, key: u64) -> Option<usize> {
-        if self.index.keys.get(self.next) == Some(&key) {
+        let keys = &self.index.keys;
+        if keys.get(self.next) == Some(&key) {
             self.next += 1;
             return Some(self.next - 1);
         }
-        let at = self.index.position(key)?;
+        if let Some(slot) = self.others.iter().position(|&o| keys.get(o) == Some(&key)) {
+            let at = self.others[slot];
+            self.others[slot] = self.next;
+            self.next = at + 1;
+            return Some(at);
+        }
+        // A new run (another partition's first batch) or a new entity:
+        // the first few are found by a linear scan of the keys (8 bytes an
+        // entity, sequential), cheaper than building the map.
+        let at = if self.scans < Self::SCANS {
+            self.scans += 1;
+            keys.iter().position(|&k| k == key)
+        } else {
+            self.index.position(key)
+        }?;
+        self.others[self.oldest] = self.next;
+        self.oldest = (self.oldest + 1) % Self::RUNS;
         self.next = at + 1;
         Some(at)
     }
 }
+
 fn err(path: &Path, detail: impl std::fmt::Display) -> BatchError {
     BatchError::Index {
         path: path.display().to_string(),
@@ -190,6 +224,9 @@ impl DigestIndex {
         Cursor {
             index: self,
             next: 0,
+            others: [usize::MAX; Cursor::RUNS],
+            oldest: 0,
+            scans: 0,
         }
     }
 
@@ -341,8 +378,30 @@ mod tests {
         assert_eq!(index.get(5 * 31 + 7), Some(&entry(500)));
         assert_eq!(index.position(777_777), Some(100));
         index.set(0, entry(42));
-        assert_eq!(index.entry(0), Some(&entry(42)));
-        assert_eq!(index.len(), 101);
+
+        // Two runs interleaved batch by batch (two partitions of a scan):
+        // the cursor follows both without building the map.
+        let mut two = DigestIndex::new("m", 1);
+        for k in 0..4000u64 {
+            two.push(k * 7 + 1, entry(k));
+        }
+        let mut c = two.cursor();
+        for batch in 0..10u64 {
+            for half in [0u64, 2000] {
+                for k in 0..100 {
+                    let i = half + batch * 100 + k;
+                    assert_eq!(c.find(i * 7 + 1), Some(i as usize));
+                }
+            }
+        }
+        assert_eq!(c.find(3), None, "absent");
+        assert!(two.map.get().is_none(), "no map was built");
+        // Past the linear scans, misses go to the map.
+        for k in 0..Cursor::SCANS as u64 {
+            assert_eq!(c.find(k * 7 + 2), None);
+        }
+        assert_eq!(c.find(3999 * 7 + 1), Some(3999));
+        assert!(two.map.get().is_some());
     }
 
     #[test]

@@ -529,10 +529,33 @@ fn spawn_writer(
 ) {
     let (tx, mut rx) = mpsc::channel::<Vec<PredictionEntry>>(4);
     let handle = tokio::spawn(async move {
+        // Two chunks at a time: one is encoded while the store takes the
+        // other (Redis answers a whole pipeline before the next is built).
+        const IN_FLIGHT: usize = 2;
         let mut written = 0u64;
+        let mut writes = tokio::task::JoinSet::new();
+        let joined = |r: Result<Result<u64, tandem_store::StoreError>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| {
+                Err(tandem_store::StoreError::Backend {
+                    backend: "writer",
+                    detail: e.to_string(),
+                })
+            })
+        };
         while let Some(chunk) = rx.recv().await {
-            store.put_predictions(&chunk).await?;
-            written += chunk.len() as u64;
+            if writes.len() >= IN_FLIGHT
+                && let Some(r) = writes.join_next().await
+            {
+                written += joined(r)?;
+            }
+            let store = store.clone();
+            writes.spawn(async move {
+                let n = chunk.len() as u64;
+                store.put_predictions(&chunk).await.map(|()| n)
+            });
+        }
+        while let Some(r) = writes.join_next().await {
+            written += joined(r)?;
         }
         Ok(written)
     });

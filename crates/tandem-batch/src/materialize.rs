@@ -1,7 +1,7 @@
 //! `tandem materialize`: load entity features from Parquet/CSV into the
 //! feature store, with the same row rules as `tandem batch`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,9 +10,9 @@ use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use futures::StreamExt;
 use serde::Serialize;
-use tandem_core::FeatureRow;
 use tandem_model::Model;
 use tandem_store::Store;
+use tandem_store::layout::FeatureEncoder;
 
 use crate::error::BatchError;
 use crate::job::{Progress, count_rows, doubles, open_store, strings};
@@ -156,10 +156,15 @@ async fn run_materialize_inner(
     progress.start(total);
     let mut stream = ctx.sql(&query).await?.execute_stream().await?;
     let mut rules = RowRules::new(opts.strict);
-    let mut pending: Vec<(String, FeatureRow)> = Vec::with_capacity(opts.write_batch);
+    // Rows are encoded straight from the columns (no map per row) and
+    // written by tasks, up to IN_FLIGHT chunks at a time, while the scan
+    // goes on.
+    let encoder = FeatureEncoder::new(&features);
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::with_capacity(opts.write_batch);
     let mut written = 0u64;
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<u64, tandem_store::StoreError>>> =
-        None;
+    let mut in_flight: VecDeque<tokio::task::JoinHandle<Result<u64, tandem_store::StoreError>>> =
+        VecDeque::new();
+    let mut values: Vec<f64> = vec![0.0; features.len()];
     let result: Result<(), BatchError> = async {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -172,10 +177,9 @@ async fn run_materialize_inner(
                 let Some(id) = rules.check_id(id)? else {
                     continue;
                 };
-                let mut row = FeatureRow::new();
                 let (mut missing, mut nan) = (false, false);
-                for (name, col) in features.iter().zip(&cols) {
-                    let v = if col.is_null(r) {
+                for (v, col) in values.iter_mut().zip(&cols) {
+                    *v = if col.is_null(r) {
                         missing = true;
                         opts.fill
                     } else if col.value(r).is_nan() {
@@ -184,7 +188,6 @@ async fn run_materialize_inner(
                     } else {
                         col.value(r)
                     };
-                    row.insert(name.clone(), v);
                 }
                 if missing {
                     rules.filled(id, Reason::MissingFeature)?;
@@ -192,36 +195,44 @@ async fn run_materialize_inner(
                 if nan {
                     rules.filled(id, Reason::NanFeature)?;
                 }
-                pending.push((id.to_owned(), row));
+                pending.push((id.to_owned(), encoder.encode(&values)));
                 if pending.len() >= opts.write_batch {
-                    // One write in flight while the next chunk is built.
-                    if let Some(h) = in_flight.take() {
+                    if in_flight.len() >= IN_FLIGHT
+                        && let Some(h) = in_flight.pop_front()
+                    {
                         written += join(h).await?;
                     }
                     let chunk =
                         std::mem::replace(&mut pending, Vec::with_capacity(opts.write_batch));
                     let store = store.clone();
                     let ttl = opts.ttl;
-                    in_flight = Some(tokio::spawn(async move {
-                        store
-                            .put_features(&chunk, ttl)
-                            .await
-                            .map(|()| chunk.len() as u64)
+                    in_flight.push_back(tokio::spawn(async move {
+                        let n = chunk.len() as u64;
+                        store.put_encoded_features(chunk, ttl).await.map(|()| n)
                     }));
                 }
             }
             progress.advance(batch.num_rows() as u64);
         }
-        if let Some(h) = in_flight.take() {
+        while let Some(h) = in_flight.pop_front() {
             written += join(h).await?;
         }
         if !pending.is_empty() {
-            store.put_features(&pending, opts.ttl).await?;
-            written += pending.len() as u64;
+            let n = pending.len() as u64;
+            store
+                .put_encoded_features(std::mem::take(&mut pending), opts.ttl)
+                .await?;
+            written += n;
         }
         Ok(())
     }
     .await;
+    if result.is_err() {
+        // Wait for the writes already sent: each finishes whole or fails.
+        for h in in_flight {
+            let _ = h.await;
+        }
+    }
     progress.finish();
     result?;
     let wall = started.elapsed().as_secs_f64();
@@ -239,6 +250,9 @@ async fn run_materialize_inner(
         rows_per_second: rules.rows() as f64 / wall.max(1e-9),
     })
 }
+
+/// Chunks being written while the next is built.
+const IN_FLIGHT: usize = 2;
 
 async fn join(
     h: tokio::task::JoinHandle<Result<u64, tandem_store::StoreError>>,

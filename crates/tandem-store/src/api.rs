@@ -63,6 +63,22 @@ pub trait FeatureStore: Send + Sync {
         rows: &[(String, FeatureRow)],
         ttl: Option<Duration>,
     ) -> Result<(), StoreError>;
+
+    /// Writes feature rows already encoded by
+    /// [`crate::layout::FeatureEncoder`] (bulk loads). The stores of this
+    /// crate write the bytes as they are; the default decodes them and
+    /// calls [`FeatureStore::put_features`].
+    async fn put_encoded_features(
+        &self,
+        rows: Vec<(String, Vec<u8>)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let decoded = rows
+            .into_iter()
+            .map(|(e, bytes)| crate::layout::decode_features(&e, &bytes).map(|row| (e, row)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.put_features(&decoded, ttl).await
+    }
 }
 
 /// Counts of requests per entity in time buckets.

@@ -309,6 +309,20 @@ impl FeatureStore for EmbeddedStore {
         let this = self.clone();
         blocking(move || this.put_blocking(FEATURES, items)).await
     }
+
+    async fn put_encoded_features(
+        &self,
+        rows: Vec<(String, Vec<u8>)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let layout = &self.inner.options.layout;
+        let items = rows
+            .into_iter()
+            .map(|(e, bytes)| (layout.feature_key(&e), bytes, ttl))
+            .collect();
+        let this = self.clone();
+        blocking(move || this.put_blocking(FEATURES, items)).await
+    }
 }
 
 #[async_trait]

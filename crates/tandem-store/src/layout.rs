@@ -97,6 +97,58 @@ pub fn encode_features(row: &FeatureRow) -> Vec<u8> {
     out
 }
 
+/// Encodes feature rows of a fixed list of names straight from their
+/// values, byte for byte as [`encode_features`] encodes the same row as a
+/// map (names in sorted order, non-finite values as `null`), without
+/// building the map: bulk loads (`tandem materialize`) encode a million
+/// rows.
+#[derive(Debug, Clone)]
+pub struct FeatureEncoder {
+    /// (index into the values, `"name":`), in name order.
+    order: Vec<(usize, Vec<u8>)>,
+}
+
+impl FeatureEncoder {
+    /// An encoder for rows whose values come in the order of `names`
+    /// (distinct names).
+    pub fn new(names: &[String]) -> Self {
+        let mut order: Vec<(usize, &String)> = names.iter().enumerate().collect();
+        order.sort_by(|a, b| a.1.cmp(b.1));
+        FeatureEncoder {
+            order: order
+                .into_iter()
+                .map(|(i, name)| {
+                    let mut prefix = serde_json::to_vec(name).unwrap_or_default();
+                    prefix.push(b':');
+                    (i, prefix)
+                })
+                .collect(),
+        }
+    }
+
+    /// Encodes one row (`values` in the order of the names given to
+    /// [`FeatureEncoder::new`]).
+    pub fn encode(&self, values: &[f64]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.order.len() * 24);
+        out.push(b'{');
+        for (k, (i, prefix)) in self.order.iter().enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(prefix);
+            match values.get(*i) {
+                // Writing a number into memory cannot fail.
+                Some(v) if v.is_finite() => {
+                    let _ = serde_json::to_writer(&mut out, v);
+                }
+                _ => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
 /// Decodes a feature row: a JSON object whose values are numbers or `null`
 /// (absent). Anything else is corrupt.
 pub fn decode_features(key: &str, bytes: &[u8]) -> Result<FeatureRow, StoreError> {
@@ -207,6 +259,30 @@ mod tests {
             decode_features("features:x", br#"{"a":"text"}"#),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn the_encoder_writes_the_bytes_encode_features_writes() {
+        let names: Vec<String> = ["zeta", "a\"quoted\"", "f10", "f2", "é"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let encoder = FeatureEncoder::new(&names);
+        let rows = [
+            vec![1.0, -0.5, 1e-300, 123456789.125, 0.1],
+            vec![f64::NAN, f64::INFINITY, 0.0, -0.0, 3.0],
+        ];
+        for values in rows {
+            let row: FeatureRow = names.iter().cloned().zip(values.iter().copied()).collect();
+            assert_eq!(
+                String::from_utf8(encoder.encode(&values)).unwrap(),
+                String::from_utf8(encode_features(&row)).unwrap()
+            );
+        }
+        // Too few values: the rest are null (absent when read).
+        let back = decode_features("k", &encoder.encode(&[1.0])).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back["zeta"], 1.0);
     }
 
     #[test]

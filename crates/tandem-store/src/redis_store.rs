@@ -474,6 +474,18 @@ impl FeatureStore for RedisStore {
             .collect();
         self.set_many(items).await
     }
+
+    async fn put_encoded_features(
+        &self,
+        rows: Vec<(String, Vec<u8>)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let items = rows
+            .into_iter()
+            .map(|(e, bytes)| (self.options.layout.feature_key(&e), bytes, ttl))
+            .collect();
+        self.set_many(items).await
+    }
 }
 
 #[async_trait]
