@@ -303,7 +303,7 @@ impl Scorer {
 }
 
 /// Chunks read, judged and written while the scan goes on.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 4;
 
 /// Runs a refresh, opening the model and the store it names.
 pub async fn run_refresh(
