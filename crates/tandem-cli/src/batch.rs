@@ -16,7 +16,9 @@ use tandem_batch::{
 #[derive(Debug, Args)]
 pub struct InputArgs {
     /// Entity features: a Parquet or CSV file, a directory of them, or a
-    /// glob (`data/day=*/part-*.parquet`).
+    /// glob (`data/day=*/part-*.parquet`); local, or an `s3://`, `gs://`,
+    /// `az://` or `http(s)://` URL (credentials from the environment:
+    /// `AWS_*`, `GOOGLE_*`, `AZURE_*`; docs/batch.md).
     #[arg(long, short)]
     input: Option<String>,
     /// Entity id column [default: entity_id].
@@ -216,7 +218,8 @@ pub struct RefreshArgs {
     /// The ONNX model.
     #[arg(long, short)]
     model: PathBuf,
-    /// The current entity features: Parquet or CSV file, directory or glob.
+    /// The current entity features: Parquet or CSV file, directory or glob,
+    /// local or in an object store (`s3://`, `gs://`, `az://`, `http(s)://`).
     #[arg(long, short)]
     input: String,
     /// Entity id column.
