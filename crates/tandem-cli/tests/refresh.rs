@@ -350,6 +350,32 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     assert_eq!(again["cleared_by_index"], 191, "{again}");
     assert_eq!(after.0 - before.0, 10);
 
+    // The same rows in reverse order: the index is walked against its own
+    // order (every lookup misses the cursor) and clears the same entities.
+    let text = std::fs::read_to_string(&new).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1..].reverse();
+    let reversed = dir.path().join("v2-reversed.csv");
+    std::fs::write(&reversed, lines.join("\n") + "\n").unwrap();
+    let before = reads(&redis);
+    let again = refresh(&[
+        "--model",
+        s(&v1),
+        "--input",
+        s(&reversed),
+        "--store",
+        &url,
+        "--changed-threshold",
+        "0.1",
+        "--index",
+        s(&index),
+    ]);
+    let after = reads(&redis);
+    assert_eq!(again["checked"], 201, "{again}");
+    assert_eq!(again["rescored"], 0, "{again}");
+    assert_eq!(again["cleared_by_index"], 191, "{again}");
+    assert_eq!(after.0 - before.0, 10);
+
     // Too old by the index's clock: nothing is cleared.
     std::thread::sleep(Duration::from_millis(2100));
     let r = refresh(&[
