@@ -228,6 +228,16 @@ async fn run_batch_inner(
     let source = crate::plan::parallel_source(&ctx, &base).await?;
     let query = scoring_query(&source, &opts.id_column, &features, opts.shard, true);
     let df = ctx.sql(&query).await?;
+    if let Some(url) = opts.output.as_ref().map(|p| p.to_string_lossy())
+        && crate::objects::is_remote(&url)
+    {
+        crate::objects::check_writable(&url)
+            .await
+            .map_err(|detail| BatchError::Output {
+                path: url.to_string(),
+                detail,
+            })?;
+    }
     let mut output = match &opts.output {
         Some(path) => Some(OutputFile::create(path, &run_id)?),
         None => None,
@@ -364,7 +374,7 @@ async fn run_batch_inner(
     };
     progress.finish();
     let output_path = match (output, &outcome) {
-        (Some(out), Ok(())) => Some(out.finish()?),
+        (Some(out), Ok(())) => Some(out.finish().await?),
         (Some(out), Err(_)) => {
             out.abandon();
             None
@@ -567,6 +577,9 @@ fn spawn_writer(
 struct OutputFile {
     target: PathBuf,
     temp: PathBuf,
+    /// An object-store URL to upload the finished file to (the temporary
+    /// file is then in the local temp directory).
+    remote: Option<String>,
     writer: ArrowWriter<std::fs::File>,
     schema: Arc<Schema>,
 }
@@ -577,18 +590,27 @@ impl OutputFile {
             path: target.display().to_string(),
             detail,
         };
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(err(format!("directory {} does not exist", dir.display())));
-        }
-        let name = target
-            .file_name()
-            .ok_or_else(|| err("not a file path".into()))?
-            .to_string_lossy();
-        let temp = dir.join(format!(".{name}.{run_id}.tmp"));
+        let url = target.to_string_lossy();
+        let remote = crate::objects::is_remote(&url).then(|| url.into_owned());
+        let temp = if remote.is_some() {
+            std::env::temp_dir().join(format!(
+                "tandem-output-{run_id}-{}.parquet.tmp",
+                std::process::id()
+            ))
+        } else {
+            let dir = target
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(err(format!("directory {} does not exist", dir.display())));
+            }
+            let name = target
+                .file_name()
+                .ok_or_else(|| err("not a file path".into()))?
+                .to_string_lossy();
+            dir.join(format!(".{name}.{run_id}.tmp"))
+        };
         let file = std::fs::File::create(&temp).map_err(|e| err(e.to_string()))?;
         let schema = Arc::new(Schema::new(vec![
             Field::new("entity_id", DataType::Utf8, false),
@@ -606,6 +628,7 @@ impl OutputFile {
         Ok(OutputFile {
             target: target.to_path_buf(),
             temp,
+            remote,
             writer,
             schema,
         })
@@ -650,13 +673,21 @@ impl OutputFile {
         })
     }
 
-    fn finish(self) -> Result<PathBuf, BatchError> {
+    async fn finish(self) -> Result<PathBuf, BatchError> {
         let err = |detail: String| BatchError::Output {
             path: self.target.display().to_string(),
             detail,
         };
         self.writer.close().map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&self.temp, &self.target).map_err(|e| err(e.to_string()))?;
+        match &self.remote {
+            Some(url) => {
+                // One object written whole: a reader sees all of it or none.
+                let uploaded = crate::objects::upload(&self.temp, url).await;
+                let _ = std::fs::remove_file(&self.temp);
+                uploaded.map_err(err)?;
+            }
+            None => std::fs::rename(&self.temp, &self.target).map_err(|e| err(e.to_string()))?,
+        }
         Ok(self.target)
     }
 

@@ -194,6 +194,61 @@ pub async fn first_file(path: &str) -> Result<String, BatchError> {
         })
 }
 
+/// Checks that objects can be written under `url`'s parent before a run
+/// starts (the bucket or container exists and the credentials can list
+/// it), so that a bad `--output` fails before anything is written.
+pub async fn check_writable(url: &str) -> Result<(), String> {
+    let parsed = Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    let store = make_store(&parsed)?;
+    let (_, key) = ObjectStoreScheme::parse(&parsed).map_err(|e| e.to_string())?;
+    if key.as_ref().is_empty() || url.ends_with('/') {
+        return Err("name an object (a .parquet file), not a bucket or prefix".into());
+    }
+    let parent = key
+        .as_ref()
+        .rsplit_once('/')
+        .map(|(d, _)| object_store::path::Path::from(d));
+    store
+        .list_with_delimiter(parent.as_ref())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Uploads the local file `local` as the object `url`, in one `PUT` up to
+/// 64 MiB and as a multipart upload above (the object appears when the
+/// upload completes).
+pub async fn upload(local: &std::path::Path, url: &str) -> Result<(), String> {
+    let parsed = Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    let store = make_store(&parsed)?;
+    let (_, key) = ObjectStoreScheme::parse(&parsed).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(local).map_err(|e| e.to_string())?.len();
+    if size <= 64 << 20 {
+        let bytes = std::fs::read(local).map_err(|e| e.to_string())?;
+        store
+            .put(&key, object_store::PutPayload::from(bytes))
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(&key).await.map_err(|e| e.to_string())?;
+    let mut writer = object_store::WriteMultipart::new(upload);
+    let mut file = std::fs::File::open(local).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        writer
+            .wait_for_capacity(4)
+            .await
+            .map_err(|e| e.to_string())?;
+        writer.write(&buf[..n]);
+    }
+    writer.finish().await.map(|_| ()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,7 +72,8 @@ pub struct BatchArgs {
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
     /// Also write a Parquet file (entity_id, prediction, model, version,
-    /// computed_at); it appears only when the run succeeds.
+    /// computed_at); it appears only when the run succeeds. A local path or
+    /// an object URL (`s3://bucket/preds.parquet`; uploaded whole at the end).
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// Run id carried by every record (default: generated and printed).

@@ -144,6 +144,22 @@ for d, _, files in os.walk(root):
     (Server(child), port)
 }
 
+/// Downloads `s3://features/<key>` with boto3.
+fn download(py: &str, port: u16, key: &str, to: &Path) {
+    let script = r#"
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="tandem", aws_secret_access_key="tandem")
+s3.download_file("features", sys.argv[2], sys.argv[3])
+"#;
+    let out = Command::new(py)
+        .args(["-c", script, &format!("http://127.0.0.1:{port}"), key])
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "download: {}", text(&out.stderr));
+}
+
 fn tandem_s3(port: u16, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
@@ -238,6 +254,42 @@ async fn batch_materialize_and_refresh_read_s3_urls() {
             assert_eq!(*p, want[id], "{url}: {id}");
         }
     }
+
+    // --output to an object: uploaded whole when the run succeeds, and
+    // read back (downloaded with boto3) with the local run's predictions.
+    let store = dir.path().join("s3-out.redb").display().to_string();
+    let mut args = batch_args("s3://features/day=1/", &store, model);
+    args.extend(["--output", "s3://features/out/predictions.parquet"]);
+    let s = summary(&tandem_s3(port, &args));
+    assert_eq!(s["output"], "s3://features/out/predictions.parquet");
+    let local = dir.path().join("downloaded.parquet");
+    download(&py, port, "out/predictions.parquet", &local);
+    let ctx = datafusion::prelude::SessionContext::new();
+    let batches = ctx
+        .read_parquet(local.to_str().unwrap(), Default::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut seen = 0;
+    for b in &batches {
+        let ids = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+        let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+        let preds = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        for r in 0..b.num_rows() {
+            assert_eq!(preds.value(r), want[ids.value(r)], "{}", ids.value(r));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3000);
+    // A bucket that does not exist fails the run before it scores.
+    let mut args = batch_args("s3://features/day=1/", &store, model);
+    args.extend(["--output", "s3://no-such-bucket/predictions.parquet"]);
+    let out = tandem_s3(port, &args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no-such-bucket"), "{err}");
 
     // materialize reads the same URL into the feature store.
     let features = dir.path().join("features.redb").display().to_string();

@@ -319,6 +319,15 @@ pub async fn run_batch_cluster(
     if parts == 0 {
         return Err(BatchError::Invalid("--parts must be at least 1".into()));
     }
+    if let Some(out) = &opts.output
+        && crate::objects::is_remote(&out.to_string_lossy())
+    {
+        return Err(BatchError::Invalid(format!(
+            "--output {}: a cluster writes its parts into a shared directory; an \
+             object-store output is written by local runs",
+            out.display()
+        )));
+    }
     let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let model = Arc::new(Model::load(&opts.model)?);
     let input = InputSpec::open(&opts.input).await?;
