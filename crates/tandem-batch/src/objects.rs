@@ -1,6 +1,6 @@
-//! Inputs in object stores: `s3://`, `gs://`, `az://` (and `abfs[s]://`,
-//! `adl://`, `azure://`), and `http(s)://` URLs, read through the
-//! `object_store` crate that DataFusion already scans with.
+//! Inputs (and the `--output` file) in object stores: `s3://`, `gs://`,
+//! `az://` (and `abfs[s]://`, `adl://`, `azure://`), and `http(s)://` URLs,
+//! through the `object_store` crate that DataFusion already scans with.
 //!
 //! Stores are made on first use from the URL and the environment the
 //! cloud SDKs use: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
