@@ -278,7 +278,7 @@ async fn run_batch_inner(
             }
         };
         let rows = batch.num_rows();
-        let kept = match score_batch(&batch, width, &mut rules) {
+        let kept = match score_batch(&batch, width, opts.fill, &mut rules) {
             Ok(k) => k,
             Err(e) => {
                 outcome = Err(e);
@@ -442,6 +442,7 @@ pub(crate) struct ScoredRow {
 fn score_batch(
     batch: &RecordBatch,
     width: usize,
+    fill: f32,
     rules: &mut RowRules,
 ) -> Result<Vec<ScoredRow>, BatchError> {
     let ids = strings(batch.column(0))?;
@@ -458,16 +459,20 @@ fn score_batch(
         };
         let (mut missing, mut nan) = (false, false);
         for (f, col) in feats.iter().enumerate() {
-            // The same values, in f32, that `predict` fed the model.
+            // The same values, in f32, that `predict` fed the model
+            // (`pack_block`: null and NaN take the fill value), so that the
+            // digest, the kept inputs and the index describe what was scored.
             row_values[f] = if col.is_null(r) {
                 missing = true;
-                0.0
+                fill
             } else {
                 let v = col.value(r) as f32;
                 if v.is_nan() {
                     nan = true;
+                    fill
+                } else {
+                    v
                 }
-                v
             };
         }
         if missing {

@@ -351,6 +351,29 @@ pub fn scoring_query(
     q
 }
 
+/// The id and the features as `entity_id, f0, f1, ...` for a job that
+/// reads the values itself (refresh): FLOAT (f32) columns pass as they are,
+/// since the model takes f32 and a round trip through DOUBLE is exact;
+/// every other column is `TRY_CAST` to DOUBLE as in [`scoring_query`].
+pub fn features_query(base: &str, id_column: &str, features: &[String], schema: &Schema) -> String {
+    let mut cols = vec![format!(
+        "CAST({} AS VARCHAR) AS entity_id",
+        ident(id_column)
+    )];
+    for (i, f) in features.iter().enumerate() {
+        let float = schema
+            .field_with_name(f)
+            .is_ok_and(|field| field.data_type() == &DataType::Float32);
+        let value = if float {
+            ident(f)
+        } else {
+            format!("TRY_CAST({} AS DOUBLE)", ident(f))
+        };
+        cols.push(format!("{value} AS {}", ident(&format!("f{i}"))));
+    }
+    format!("SELECT {} FROM ({base}) AS src", cols.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::arrow::array::{Array, Float64Array};
+use datafusion::arrow::array::{Array, ArrayRef, Float32Array, Float64Array};
 use datafusion::arrow::datatypes::Schema;
 use futures::StreamExt;
 use serde::Serialize;
@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use crate::error::BatchError;
 use crate::index::{DigestIndex, HASH_SEED, IndexEntry, mix, row_hash, secs};
 use crate::job::{Progress, count_rows, doubles, new_run_id, open_store, strings};
-use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
+use crate::plan::{InputSpec, base_query, features_query, resolve_features, session};
 use crate::warm::Busy;
 
 /// What to run.
@@ -302,6 +302,53 @@ impl Scorer {
     }
 }
 
+/// A feature column as the scan gives it: FLOAT as it is, anything else
+/// as DOUBLE ([`features_query`]).
+enum Column {
+    F32(Float32Array),
+    F64(Float64Array),
+}
+
+impl Column {
+    fn of(col: &ArrayRef) -> Result<Column, BatchError> {
+        match col.as_any().downcast_ref::<Float32Array>() {
+            Some(c) => Ok(Column::F32(c.clone())),
+            None => doubles(col).map(Column::F64),
+        }
+    }
+
+    /// Row `r` as the model gets it (null or NaN: `fill`).
+    fn value(&self, r: usize, fill: f32) -> f32 {
+        match self {
+            Column::F32(c) if c.is_valid(r) && !c.value(r).is_nan() => c.value(r),
+            Column::F64(c) if c.is_valid(r) && !c.value(r).is_nan() => c.value(r) as f32,
+            _ => fill,
+        }
+    }
+
+    /// Mixes every row's value into its index hash ([`mix`]).
+    fn hash_into(&self, h: &mut [u64], fill: f32) {
+        let pick = |v: f32| if v.is_nan() { fill } else { v };
+        match self {
+            Column::F32(c) if c.null_count() == 0 => {
+                for (hr, v) in h.iter_mut().zip(c.values().iter()) {
+                    *hr = mix(*hr, pick(*v).to_bits());
+                }
+            }
+            Column::F64(c) if c.null_count() == 0 => {
+                for (hr, v) in h.iter_mut().zip(c.values().iter()) {
+                    *hr = mix(*hr, pick(*v as f32).to_bits());
+                }
+            }
+            _ => {
+                for (r, hr) in h.iter_mut().enumerate() {
+                    *hr = mix(*hr, self.value(r, fill).to_bits());
+                }
+            }
+        }
+    }
+}
+
 /// Chunks read, judged and written while the scan goes on.
 const IN_FLIGHT: usize = 4;
 
@@ -465,7 +512,7 @@ async fn refresh_inner(
         None
     };
     progress.start(total);
-    let query = scoring_query(&base, &opts.id_column, &features, None, false);
+    let query = features_query(&base, &opts.id_column, &features, &schema);
     let mut stream = ctx.sql(&query).await?.execute_stream().await?;
     let scorer = Arc::new(Scorer {
         judge: Judge {
@@ -506,33 +553,16 @@ async fn refresh_inner(
             if let Some(batch) = next {
                 let batch = batch?;
                 let id_col = strings(batch.column(0))?;
-                let cols: Vec<_> = (0..features.len())
-                    .map(|f| doubles(batch.column(1 + f)))
+                let cols: Vec<Column> = (0..features.len())
+                    .map(|f| Column::of(batch.column(1 + f)))
                     .collect::<Result<_, _>>()?;
                 let n = batch.num_rows();
-                // A feature as the model gets it.
-                let value = |c: &Float64Array, r: usize| -> f32 {
-                    if c.is_null(r) || c.value(r).is_nan() {
-                        fill
-                    } else {
-                        c.value(r) as f32
-                    }
-                };
                 // Row hashes for the index, column by column (rows are
                 // assembled only for the entities not cleared).
                 let hashes: Option<Vec<u64>> = prefilter.map(|_| {
                     let mut h = vec![HASH_SEED; n];
                     for c in &cols {
-                        if c.null_count() == 0 {
-                            for (hr, v) in h.iter_mut().zip(c.values().iter()) {
-                                let x = if v.is_nan() { fill } else { *v as f32 };
-                                *hr = mix(*hr, x.to_bits());
-                            }
-                        } else {
-                            for (r, hr) in h.iter_mut().enumerate() {
-                                *hr = mix(*hr, value(c, r).to_bits());
-                            }
-                        }
+                        c.hash_into(&mut h, fill);
                     }
                     h
                 });
@@ -559,7 +589,9 @@ async fn refresh_inner(
                         }
                     }
                     chunk.ids.push(id.to_string());
-                    chunk.rows.push(cols.iter().map(|c| value(c, r)).collect());
+                    chunk
+                        .rows
+                        .push(cols.iter().map(|c| c.value(r, fill)).collect());
                     chunk.at.push(at);
                 }
                 progress.advance(batch.num_rows() as u64);

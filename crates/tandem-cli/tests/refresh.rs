@@ -446,3 +446,95 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.idx"));
 }
+
+/// Writes e0..e(n-1) as Parquet with FLOAT (f32) or DOUBLE feature columns
+/// holding the same f32 values.
+fn write_parquet(path: &Path, n: usize, float32: bool) {
+    use datafusion::arrow::array::{
+        ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let kind = if float32 {
+        DataType::Float32
+    } else {
+        DataType::Float64
+    };
+    let mut fields = vec![Field::new("entity_id", DataType::Utf8, false)];
+    fields.extend((0..WIDTH).map(|f| Field::new(format!("f{f}"), kind.clone(), true)));
+    let schema = Arc::new(Schema::new(fields));
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| format!("e{i}")),
+    ))];
+    for f in 0..WIDTH {
+        // One null and one NaN (both filled) besides plain values.
+        let v = |i: usize| match (i, f) {
+            (3, 1) => None,
+            (4, 2) => Some(f32::NAN),
+            _ => Some(value(i, f) as f32),
+        };
+        cols.push(if float32 {
+            Arc::new(Float32Array::from_iter((0..n).map(v)))
+        } else {
+            Arc::new(Float64Array::from_iter((0..n).map(|i| v(i).map(f64::from))))
+        });
+    }
+    let file = std::fs::File::create(path).unwrap();
+    let mut w =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+    w.write(&RecordBatch::try_new(schema, cols).unwrap())
+        .unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn float_and_double_inputs_hash_alike_through_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let v1 = repo.join("churn/1/model.onnx");
+    let store = dir.path().join("store.redb");
+    let index = dir.path().join("churn.idx");
+    let (f32_file, f64_file) = (
+        dir.path().join("f32.parquet"),
+        dir.path().join("f64.parquet"),
+    );
+    write_parquet(&f32_file, 100, true);
+    write_parquet(&f64_file, 100, false);
+    // Scored from FLOAT columns, refreshed from the same values as DOUBLE
+    // and as FLOAT: the index clears every entity either way.
+    let out = tandem(&[
+        "batch",
+        "--model",
+        s(&v1),
+        "--input",
+        s(&f32_file),
+        "--store",
+        s(&store),
+        "--index",
+        s(&index),
+    ]);
+    // Exit 1: the null and the NaN were filled (and counted).
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for input in [&f64_file, &f32_file] {
+        let r = refresh(&[
+            "--model",
+            s(&v1),
+            "--input",
+            s(input),
+            "--store",
+            s(&store),
+            "--changed-threshold",
+            "0",
+            "--index",
+            s(&index),
+        ]);
+        assert_eq!(r["checked"], 100, "{r}");
+        assert_eq!(r["cleared_by_index"], 100, "{}: {r}", input.display());
+        assert_eq!(r["rescored"], 0, "{r}");
+    }
+}

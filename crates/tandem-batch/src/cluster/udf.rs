@@ -310,13 +310,15 @@ impl ScalarUDFImpl for ScoreUdf {
             if store_url.is_empty() {
                 continue;
             }
-            // The same values, in f32, as a local run digests: null -> 0.
+            // The values the model was fed (`pack_block`: null and NaN
+            // take the fill value), as a local run digests them.
             for (f, col) in doubles.iter().enumerate() {
-                row_values[f] = if col.is_null(k) {
-                    0.0
+                let v = if col.is_null(k) {
+                    f32::NAN
                 } else {
                     col.value(k) as f32
                 };
+                row_values[f] = if v.is_nan() { fill } else { v };
             }
             entries.push(PredictionEntry {
                 entity: id.to_owned(),
