@@ -25,16 +25,35 @@
 //! order: id hash (u64), digest (u64, [`row_hash`]),
 //! computed_at (u32 unix seconds), expires_at (u32 unix seconds). Written
 //! to a temporary file and renamed, so a reader never sees half an index.
+//!
+//! A refresh changes a few percent of the entries, so rather than
+//! rewriting the whole file (24 MB for 1M entities) it appends a *journal
+//! segment* with what changed: magic `TNDMJRN1`, record count (u64), the
+//! records (position u64, id hash u64, then the entry's 16 bytes as above;
+//! a position equal to the entry count so far appends a new entity), and a
+//! checksum (u64) of the count and records. A reader applies the segments
+//! in order after the entries. A segment cut short (the process killed
+//! mid-append), with a bad checksum, or naming a position whose key does
+//! not match is ignored together with everything after it, and the next
+//! append starts where the valid part ends: losing a segment only makes
+//! the next refresh read those entities' records from the store (their
+//! indexed digests are the older ones). Once the journal holds more than
+//! a quarter as many records as the index has entries, the next save
+//! rewrites the whole file without a journal (compaction).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use crate::error::BatchError;
 
 const MAGIC: &[u8; 8] = b"TNDMIDX2";
+const JOURNAL_MAGIC: &[u8; 8] = b"TNDMJRN1";
+/// Bytes of one journal record.
+const RECORD: usize = 32;
 
 /// The index's hash of one row of inputs: the f32 bits mixed in feature
 /// order (one multiply per feature, so that refresh can hash a batch
@@ -102,6 +121,27 @@ pub struct DigestIndex {
     entries: Vec<IndexEntry>,
     /// Position by key, built on the first lookup that misses the cursor.
     map: OnceLock<KeyMap>,
+    /// The file this index was read from or last saved to, while memory
+    /// and file agree up to `dirty`.
+    disk: Option<OnDisk>,
+}
+
+/// A journal record: position, id hash, entry.
+type JournalRecord = (usize, u64, IndexEntry);
+
+/// What [`DigestIndex::save`] needs to append instead of rewriting.
+#[derive(Debug)]
+struct OnDisk {
+    path: PathBuf,
+    /// Bytes of the file that hold the index (a torn segment after them
+    /// is cut off by the next append).
+    valid_len: u64,
+    /// Records in the file's journal.
+    journaled: usize,
+    /// Positions changed or appended since, in order.
+    dirty: Vec<u32>,
+    /// The file as this process left it.
+    stamp: Option<Stamp>,
 }
 
 /// Looks keys up in input order (see the module doc). A scan of several
@@ -233,25 +273,35 @@ impl DigestIndex {
     /// Appends an entity the index does not hold yet (a batch run meets
     /// each id once).
     pub fn push(&mut self, key: u64, entry: IndexEntry) {
+        let at = self.keys.len() as u32;
         if let Some(map) = self.map.get_mut() {
-            map.insert(key, self.keys.len() as u32);
+            map.insert(key, at);
         }
         self.keys.push(key);
         self.entries.push(entry);
+        self.touch(at as usize);
     }
 
     /// Replaces the entry at `at`, if there is one.
     pub fn set(&mut self, at: usize, entry: IndexEntry) {
         if let Some(e) = self.entries.get_mut(at) {
             *e = entry;
+            self.touch(at);
         }
     }
 
     /// Sets the entry of `key`, appending it when it is new.
     pub fn upsert(&mut self, key: u64, entry: IndexEntry) {
         match self.position(key) {
-            Some(at) => self.entries[at] = entry,
+            Some(at) => self.set(at, entry),
             None => self.push(key, entry),
+        }
+    }
+
+    /// Notes a change for the next journal segment.
+    fn touch(&mut self, at: usize) {
+        if let Some(disk) = &mut self.disk {
+            disk.dirty.push(at as u32);
         }
     }
 
@@ -260,12 +310,12 @@ impl DigestIndex {
         self.keys.iter().copied().zip(&self.entries)
     }
 
-    /// Reads an index file.
+    /// Reads an index file and applies its journal (see the module doc).
     pub fn read(path: &Path) -> Result<DigestIndex, BatchError> {
         let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| err(path, e))?;
+        let mut file = std::fs::File::open(path).map_err(|e| err(path, e))?;
+        file.read_to_end(&mut bytes).map_err(|e| err(path, e))?;
+        let stamp = Stamp::of(&file);
         let corrupt = || err(path, "not a tandem digest index (or truncated)");
         let mut at = 0usize;
         let mut take = |n: usize| -> Result<&[u8], BatchError> {
@@ -276,8 +326,6 @@ impl DigestIndex {
         if take(8)? != MAGIC {
             return Err(corrupt());
         }
-        let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
-        let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
         let name_len = u32_at(take(4)?) as usize;
         let model = String::from_utf8(take(name_len)?.to_vec()).map_err(|_| corrupt())?;
         let version = u64_at(take(8)?);
@@ -287,23 +335,125 @@ impl DigestIndex {
         let mut entries = Vec::with_capacity(count);
         for e in body.chunks_exact(24) {
             keys.push(u64_at(&e[0..8]));
-            entries.push(IndexEntry {
-                digest: u64_at(&e[8..16]),
-                computed_at: u32_at(&e[16..20]),
-                expires_at: u32_at(&e[20..24]),
-            });
+            entries.push(entry_at(&e[8..24]));
         }
-        Ok(DigestIndex {
+        let mut index = DigestIndex {
             model,
             version,
             keys,
             entries,
             map: OnceLock::new(),
-        })
+            disk: None,
+        };
+        let mut valid = at;
+        let mut journaled = 0usize;
+        while let Some((len, records)) = index.segment(&bytes[valid..]) {
+            for (pos, key, entry) in &records {
+                if *pos == index.keys.len() {
+                    index.keys.push(*key);
+                    index.entries.push(*entry);
+                } else {
+                    index.entries[*pos] = *entry;
+                }
+            }
+            valid += len;
+            journaled += records.len();
+        }
+        index.disk = Some(OnDisk {
+            path: path.to_owned(),
+            valid_len: valid as u64,
+            journaled,
+            dirty: Vec::new(),
+            stamp,
+        });
+        Ok(index)
     }
 
-    /// Writes the index to `path` (through a temporary file and a rename).
-    pub fn write(&self, path: &Path) -> Result<(), BatchError> {
+    /// The journal segment at the start of `rest`, when it is whole and
+    /// fits this index: its length in bytes and its records (position,
+    /// key, entry), checked but not applied.
+    fn segment(&self, rest: &[u8]) -> Option<(usize, Vec<JournalRecord>)> {
+        if rest.get(..8)? != JOURNAL_MAGIC {
+            return None;
+        }
+        let n = usize::try_from(u64_at(rest.get(8..16)?)).ok()?;
+        let body_end = n.checked_mul(RECORD)?.checked_add(16)?;
+        let body = rest.get(8..body_end)?;
+        if u64_at(rest.get(body_end..body_end + 8)?) != checksum(body) {
+            return None;
+        }
+        let mut added: Vec<u64> = Vec::new();
+        let mut records = Vec::with_capacity(n);
+        for r in rest[16..body_end].chunks_exact(RECORD) {
+            let pos = usize::try_from(u64_at(&r[0..8])).ok()?;
+            let key = u64_at(&r[8..16]);
+            let len = self.keys.len() + added.len();
+            if pos == len {
+                added.push(key);
+            } else {
+                let known = match pos.checked_sub(self.keys.len()) {
+                    None => self.keys[pos],
+                    Some(i) => *added.get(i)?,
+                };
+                if known != key {
+                    return None;
+                }
+            }
+            records.push((pos, key, entry_at(&r[16..32])));
+        }
+        Some((body_end + 8, records))
+    }
+
+    /// Saves the changes since the index was read or last saved: a journal
+    /// segment appended to `path` when the index came from that file, it
+    /// has not changed since, and the journal stays under a quarter of the
+    /// entries; otherwise the whole index is written ([`Self::write`]).
+    pub fn save(&mut self, path: &Path) -> Result<(), BatchError> {
+        let limit = self.keys.len() / 4;
+        let Some(disk) = self.disk.as_mut().filter(|d| {
+            d.path == path
+                && d.journaled + d.dirty.len() <= limit
+                && std::fs::File::open(path).is_ok_and(|f| Stamp::of(&f) == d.stamp)
+        }) else {
+            return self.write(path);
+        };
+        if disk.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut segment = Vec::with_capacity(24 + disk.dirty.len() * RECORD);
+        segment.extend_from_slice(JOURNAL_MAGIC);
+        segment.extend_from_slice(&(disk.dirty.len() as u64).to_le_bytes());
+        for at in &disk.dirty {
+            let at = *at as usize;
+            let e = &self.entries[at];
+            segment.extend_from_slice(&(at as u64).to_le_bytes());
+            segment.extend_from_slice(&self.keys[at].to_le_bytes());
+            segment.extend_from_slice(&e.digest.to_le_bytes());
+            segment.extend_from_slice(&e.computed_at.to_le_bytes());
+            segment.extend_from_slice(&e.expires_at.to_le_bytes());
+        }
+        let sum = checksum(&segment[8..]);
+        segment.extend_from_slice(&sum.to_le_bytes());
+        let stamp = (|| -> std::io::Result<Option<Stamp>> {
+            let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+            // Cut a torn segment off, then append after the valid part.
+            f.set_len(disk.valid_len)?;
+            f.seek(SeekFrom::Start(disk.valid_len))?;
+            f.write_all(&segment)?;
+            f.sync_data()?;
+            Ok(Stamp::of(&f))
+        })()
+        .map_err(|e| err(path, e))?;
+        disk.valid_len += segment.len() as u64;
+        disk.journaled += disk.dirty.len();
+        disk.dirty.clear();
+        disk.stamp = stamp;
+        Ok(())
+    }
+
+    /// Writes the whole index to `path` (through a temporary file and a
+    /// rename), without a journal.
+    pub fn write(&mut self, path: &Path) -> Result<(), BatchError> {
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -313,7 +463,7 @@ impl DigestIndex {
             .ok_or_else(|| err(path, "not a file path"))?
             .to_string_lossy();
         let temp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let result = (|| -> std::io::Result<()> {
+        let result = (|| -> std::io::Result<(u64, Option<Stamp>)> {
             let mut w = BufWriter::new(std::fs::File::create(&temp)?);
             w.write_all(MAGIC)?;
             let name = self.model.as_bytes();
@@ -327,15 +477,85 @@ impl DigestIndex {
                 w.write_all(&e.computed_at.to_le_bytes())?;
                 w.write_all(&e.expires_at.to_le_bytes())?;
             }
-            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&temp, path)
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            let len = f.metadata()?.len();
+            std::fs::rename(&temp, path)?;
+            Ok((len, Stamp::of(&f)))
         })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&temp);
-            return Err(err(path, e));
+        match result {
+            Ok((len, stamp)) => {
+                self.disk = Some(OnDisk {
+                    path: path.to_owned(),
+                    valid_len: len,
+                    journaled: 0,
+                    dirty: Vec::new(),
+                    stamp,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(err(path, e))
+            }
         }
-        Ok(())
     }
+}
+
+/// A file's length and modification time: an index file that another
+/// process rewrote since this one read it is not appended to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    /// The inode (a rename puts another file at the path).
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(file: &std::fs::File) -> Option<Stamp> {
+        let m = file.metadata().ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            inode,
+        })
+    }
+}
+
+fn u32_at(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b.try_into().unwrap_or([0; 4]))
+}
+
+fn u64_at(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
+}
+
+/// An entry from its 16 bytes (digest, computed_at, expires_at).
+fn entry_at(b: &[u8]) -> IndexEntry {
+    IndexEntry {
+        digest: u64_at(&b[0..8]),
+        computed_at: u32_at(&b[8..12]),
+        expires_at: u32_at(&b[12..16]),
+    }
+}
+
+/// A journal segment's checksum (its count and records, 8 bytes at a
+/// time).
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(8)
+        .fold(HASH_SEED ^ bytes.len() as u64, |h, c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            (h ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29)
+        })
 }
 
 #[cfg(test)]
@@ -437,5 +657,115 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("none.idx"), "{e}");
+    }
+
+    #[test]
+    fn a_save_appends_a_journal_that_reads_back_and_survives_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.idx");
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let entry = |d: u64| IndexEntry {
+            digest: d,
+            computed_at: 10,
+            expires_at: 20,
+        };
+        let mut index = DigestIndex::new("m", 1);
+        for k in 0..1000u64 {
+            index.push(k * 13 + 1, entry(k));
+        }
+        index.write(&path).unwrap();
+        let base = size();
+
+        // Changes, a new entity, and the new entity changed again.
+        let mut ix = DigestIndex::read(&path).unwrap();
+        ix.set(5, entry(5000));
+        ix.upsert(99 * 13 + 1, entry(9900));
+        ix.upsert(424_242, entry(1));
+        ix.upsert(424_242, entry(2));
+        ix.save(&path).unwrap();
+        let first = size();
+        assert_eq!(first, base + 24 + 4 * 32, "one segment of four records");
+        let back = DigestIndex::read(&path).unwrap();
+        assert!(back.iter().eq(ix.iter()), "the journal reads back");
+        assert_eq!(back.len(), 1001);
+        assert_eq!(back.get(424_242), Some(&entry(2)));
+        assert_eq!(back.entry(99), Some(&entry(9900)));
+
+        // Nothing changed: nothing written.
+        let mut same = DigestIndex::read(&path).unwrap();
+        same.save(&path).unwrap();
+        assert_eq!(size(), first);
+
+        // A second segment, then cut short as by a kill mid-append.
+        let mut ix = back;
+        ix.set(7, entry(7000));
+        ix.save(&path).unwrap();
+        let second = size();
+        assert_eq!(second, first + 24 + 32);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(second - 5).unwrap();
+        drop(f);
+        let mut torn = DigestIndex::read(&path).unwrap();
+        assert_eq!(
+            torn.entry(7),
+            Some(&entry(7)),
+            "the torn segment is ignored"
+        );
+        assert_eq!(torn.entry(5), Some(&entry(5000)), "the whole one is kept");
+        // The next append replaces the torn tail.
+        torn.set(8, entry(8000));
+        torn.save(&path).unwrap();
+        assert_eq!(size(), first + 24 + 32);
+        let again = DigestIndex::read(&path).unwrap();
+        assert_eq!(again.entry(8), Some(&entry(8000)));
+        assert_eq!(again.entry(7), Some(&entry(7)));
+
+        // A bad checksum: that segment and all after it are ignored.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[base as usize + 20] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let flipped = DigestIndex::read(&path).unwrap();
+        assert_eq!(flipped.len(), 1000);
+        assert_eq!(flipped.entry(5), Some(&entry(5)));
+        assert_eq!(flipped.entry(8), Some(&entry(8)));
+
+        // A segment naming a position whose key differs is refused.
+        let mut fresh = DigestIndex::new("m", 1);
+        for k in 0..1000u64 {
+            fresh.push(k * 13 + 1, entry(k));
+        }
+        fresh.write(&path).unwrap();
+        let mut ix = DigestIndex::read(&path).unwrap();
+        ix.set(3, entry(33));
+        ix.save(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let key_at = base as usize + 16 + 8;
+        bytes[key_at..key_at + 8].copy_from_slice(&77u64.to_le_bytes());
+        let body_end = base as usize + 16 + 32;
+        let sum = checksum(&bytes[base as usize + 8..body_end]);
+        bytes[body_end..body_end + 8].copy_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(DigestIndex::read(&path).unwrap().entry(3), Some(&entry(3)));
+
+        // Past a quarter of the entries the save rewrites (compaction).
+        let mut big = DigestIndex::read(&path).unwrap();
+        for k in 0..300 {
+            big.set(k, entry(1));
+        }
+        big.save(&path).unwrap();
+        assert_eq!(size(), base, "rewritten without a journal");
+        assert!(DigestIndex::read(&path).unwrap().iter().eq(big.iter()));
+
+        // A file another process replaced since is rewritten, not appended to.
+        let mut stale = DigestIndex::read(&path).unwrap();
+        let mut other = DigestIndex::read(&path).unwrap();
+        other.set(1, entry(11));
+        other.write(&path).unwrap();
+        stale.set(2, entry(22));
+        stale.save(&path).unwrap();
+        assert_eq!(size(), base, "the last writer wins whole");
+        let last = DigestIndex::read(&path).unwrap();
+        assert_eq!(last.entry(2), Some(&entry(22)));
+        assert_eq!(last.entry(1), Some(&entry(1)));
     }
 }

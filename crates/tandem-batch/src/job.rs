@@ -382,7 +382,7 @@ async fn run_batch_inner(
         (None, _) => None,
     };
     outcome?;
-    if let (Some(ix), Some(path)) = (&index, &opts.index) {
+    if let (Some(ix), Some(path)) = (&mut index, &opts.index) {
         ix.write(path)?;
     }
     let wall = started.elapsed().as_secs_f64();

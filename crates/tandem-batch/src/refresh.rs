@@ -449,6 +449,10 @@ async fn refresh_inner(
 ) -> Result<RefreshSummary, BatchError> {
     let started = Instant::now();
     check(opts)?;
+    // The index (24 bytes an entity) loads while the input is planned.
+    let reading = opts.index.clone().filter(|p| p.exists()).map(|p| {
+        tokio::task::spawn_blocking(move || DigestIndex::read(&p))
+    });
     let input = InputSpec::open(&opts.input).await?;
     let ctx = session(&input, None).await?;
     let base = base_query(None, None);
@@ -471,10 +475,13 @@ async fn refresh_inner(
         .unwrap_or_else(|| new_run_id().replacen("run-", "refresh-", 1));
     let run: Arc<str> = Arc::from(run_id.as_str());
     let now = SystemTime::now();
-    let mut index = match &opts.index {
-        Some(p) if p.exists() => Some(DigestIndex::read(p)?),
-        Some(_) => Some(DigestIndex::new(model.name(), model.version())),
-        None => None,
+    let mut index = match (reading, &opts.index) {
+        (Some(task), _) => Some(
+            task.await
+                .map_err(|e| BatchError::Invalid(format!("reading the index: {e}")))??,
+        ),
+        (None, Some(_)) => Some(DigestIndex::new(model.name(), model.version())),
+        (None, None) => None,
     };
     // With --model-changed, an index of another model clears nothing.
     let prefilter = index.as_ref().filter(|ix| {
@@ -646,7 +653,7 @@ async fn refresh_inner(
                 _ => ix.upsert(key, entry),
             }
         }
-        ix.write(path)?;
+        ix.save(path)?;
     }
     s.rescored_fraction = if s.checked == 0 {
         0.0

@@ -316,6 +316,12 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     assert_eq!(r["cleared_by_index"], 180, "e20..e199 need no read");
     // Only e0..e19 (found) and e200 (missing) were read.
     assert_eq!((after.0 - before.0, after.1 - before.1), (20, 1));
+    // The 11 rescored went into the index as one journal segment appended
+    // to the file (header, 11 records of 32 bytes, checksum), not a rewrite.
+    assert_eq!(
+        std::fs::metadata(&index).unwrap().len(),
+        8 + 4 + 5 + 8 + 8 + 200 * 24 + 16 + 11 * 32 + 8
+    );
     // The same outcome as without the index, entity by entity.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let recs = rt.block_on(async {
