@@ -101,9 +101,16 @@ async fn main() {
         let source = parallel_source(&ctx, "SELECT * FROM input")
             .await
             .expect("source");
-        let scan_sql = scoring_query(&source, "entity_id", &names, None, false);
+        let schema = ctx
+            .sql(&source)
+            .await
+            .expect("schema")
+            .schema()
+            .as_arrow()
+            .clone();
+        let scan_sql = scoring_query(&source, "entity_id", &names, &schema, None, false);
         let (n, scan) = drain(&ctx, &scan_sql).await;
-        let score_sql = scoring_query(&source, "entity_id", &names, None, true);
+        let score_sql = scoring_query(&source, "entity_id", &names, &schema, None, true);
         if std::env::var_os("EXPLAIN").is_some() {
             let plan = ctx
                 .sql(&format!("EXPLAIN {score_sql}"))

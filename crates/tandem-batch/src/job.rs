@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::digest::feature_digest;
 use crate::error::BatchError;
 use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
-use crate::rows::{Reason, RowRules};
+use crate::rows::{FeatureColumn, Reason, RowRules};
 
 /// What to score, where to write it, and how strictly.
 #[derive(Debug, Clone)]
@@ -226,7 +226,14 @@ async fn run_batch_inner(
     let schema = ctx.sql(&base).await?.schema().as_arrow().clone();
     let features = resolve_features(&schema, &opts.id_column, opts.features.as_deref(), &model)?;
     let source = crate::plan::parallel_source(&ctx, &base).await?;
-    let query = scoring_query(&source, &opts.id_column, &features, opts.shard, true);
+    let query = scoring_query(
+        &source,
+        &opts.id_column,
+        &features,
+        &schema,
+        opts.shard,
+        true,
+    );
     let df = ctx.sql(&query).await?;
     if let Some(url) = opts.output.as_ref().map(|p| p.to_string_lossy())
         && crate::objects::is_remote(&url)
@@ -446,8 +453,8 @@ fn score_batch(
     rules: &mut RowRules,
 ) -> Result<Vec<ScoredRow>, BatchError> {
     let ids = strings(batch.column(0))?;
-    let feats: Vec<Float64Array> = (0..width)
-        .map(|f| doubles(batch.column(1 + f)))
+    let feats: Vec<FeatureColumn> = (0..width)
+        .map(|f| FeatureColumn::of(batch.column(1 + f)))
         .collect::<Result<_, _>>()?;
     let preds = doubles(batch.column(1 + width))?;
     let mut out = Vec::with_capacity(batch.num_rows());
@@ -462,17 +469,16 @@ fn score_batch(
             // The same values, in f32, that `predict` fed the model
             // (`pack_block`: null and NaN take the fill value), so that the
             // digest, the kept inputs and the index describe what was scored.
-            row_values[f] = if col.is_null(r) {
-                missing = true;
-                fill
-            } else {
-                let v = col.value(r) as f32;
-                if v.is_nan() {
+            row_values[f] = match col.get(r) {
+                None => {
+                    missing = true;
+                    fill
+                }
+                Some(v) if v.is_nan() => {
                     nan = true;
                     fill
-                } else {
-                    v
                 }
+                Some(v) => v,
             };
         }
         if missing {

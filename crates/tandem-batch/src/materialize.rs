@@ -15,9 +15,9 @@ use tandem_store::Store;
 use tandem_store::layout::FeatureEncoder;
 
 use crate::error::BatchError;
-use crate::job::{Progress, count_rows, doubles, open_store, strings};
+use crate::job::{Progress, count_rows, open_store, strings};
 use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
-use crate::rows::{Reason, RowRules};
+use crate::rows::{FeatureColumn, Reason, RowRules};
 
 /// What to load and where.
 #[derive(Debug, Clone)]
@@ -146,7 +146,14 @@ async fn run_materialize_inner(
         None => numeric_features(&schema, &opts.id_column, opts.features.as_deref())?,
     };
     let source = crate::plan::parallel_source(&ctx, &base).await?;
-    let query = scoring_query(&source, &opts.id_column, &features, opts.shard, false);
+    let query = scoring_query(
+        &source,
+        &opts.id_column,
+        &features,
+        &schema,
+        opts.shard,
+        false,
+    );
     let plain = opts.sql.is_none() && opts.filter.is_none() && opts.shard.is_none();
     let total = if plain && input.format == crate::plan::Format::Parquet {
         count_rows(&ctx).await
@@ -169,8 +176,8 @@ async fn run_materialize_inner(
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let ids = strings(batch.column(0))?;
-            let cols: Vec<_> = (0..features.len())
-                .map(|f| doubles(batch.column(1 + f)))
+            let cols: Vec<FeatureColumn> = (0..features.len())
+                .map(|f| FeatureColumn::of(batch.column(1 + f)))
                 .collect::<Result<_, _>>()?;
             for r in 0..batch.num_rows() {
                 let id = ids.is_valid(r).then(|| ids.value(r));
@@ -179,14 +186,16 @@ async fn run_materialize_inner(
                 };
                 let (mut missing, mut nan) = (false, false);
                 for (v, col) in values.iter_mut().zip(&cols) {
-                    *v = if col.is_null(r) {
-                        missing = true;
-                        opts.fill
-                    } else if col.value(r).is_nan() {
-                        nan = true;
-                        opts.fill
-                    } else {
-                        col.value(r)
+                    *v = match col.get_f64(r) {
+                        None => {
+                            missing = true;
+                            opts.fill
+                        }
+                        Some(x) if x.is_nan() => {
+                            nan = true;
+                            opts.fill
+                        }
+                        Some(x) => x,
                     };
                 }
                 if missing {

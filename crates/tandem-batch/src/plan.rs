@@ -321,26 +321,40 @@ fn column_list(schema: &Schema) -> String {
         .join(", ")
 }
 
-/// The scoring query: `entity_id`, every feature as DOUBLE (NULL where
-/// missing or not a number) and `prediction`.
+/// The id and the features as `entity_id, f0, f1, ...` (plus `prediction`
+/// when `with_prediction`), of shard `shard` when given. FLOAT (f32)
+/// columns of `schema` pass as they are, since the model takes f32; every
+/// other feature is `TRY_CAST` to DOUBLE (a value that is not a number
+/// becomes null and takes the fill value). Read the columns with
+/// [`crate::rows::FeatureColumn`].
 pub fn scoring_query(
     base: &str,
     id_column: &str,
     features: &[String],
+    schema: &Schema,
     shard: Option<(u32, u32)>,
     with_prediction: bool,
 ) -> String {
     let id = ident(id_column);
     let mut cols = vec![format!("CAST({id} AS VARCHAR) AS entity_id")];
-    let casts: Vec<String> = features
+    let values: Vec<String> = features
         .iter()
-        .map(|f| format!("TRY_CAST({} AS DOUBLE)", ident(f)))
+        .map(|f| {
+            let float = schema
+                .field_with_name(f)
+                .is_ok_and(|field| field.data_type() == &DataType::Float32);
+            if float {
+                ident(f)
+            } else {
+                format!("TRY_CAST({} AS DOUBLE)", ident(f))
+            }
+        })
         .collect();
-    for (i, c) in casts.iter().enumerate() {
+    for (i, c) in values.iter().enumerate() {
         cols.push(format!("{c} AS {}", ident(&format!("f{i}"))));
     }
     if with_prediction {
-        cols.push(format!("predict({}) AS prediction", casts.join(", ")));
+        cols.push(format!("predict({}) AS prediction", values.join(", ")));
     }
     let mut q = format!("SELECT {} FROM ({base}) AS src", cols.join(", "));
     if let Some((i, n)) = shard {
@@ -351,32 +365,16 @@ pub fn scoring_query(
     q
 }
 
-/// The id and the features as `entity_id, f0, f1, ...` for a job that
-/// reads the values itself (refresh): FLOAT (f32) columns pass as they are,
-/// since the model takes f32 and a round trip through DOUBLE is exact;
-/// every other column is `TRY_CAST` to DOUBLE as in [`scoring_query`].
+/// [`scoring_query`] without a shard or a prediction, for a job that
+/// reads the values itself (refresh).
 pub fn features_query(base: &str, id_column: &str, features: &[String], schema: &Schema) -> String {
-    let mut cols = vec![format!(
-        "CAST({} AS VARCHAR) AS entity_id",
-        ident(id_column)
-    )];
-    for (i, f) in features.iter().enumerate() {
-        let float = schema
-            .field_with_name(f)
-            .is_ok_and(|field| field.data_type() == &DataType::Float32);
-        let value = if float {
-            ident(f)
-        } else {
-            format!("TRY_CAST({} AS DOUBLE)", ident(f))
-        };
-        cols.push(format!("{value} AS {}", ident(&format!("f{i}"))));
-    }
-    format!("SELECT {} FROM ({base}) AS src", cols.join(", "))
+    scoring_query(base, id_column, features, schema, None, false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::datatypes::Field;
 
     #[test]
     fn identifiers_are_quoted() {
@@ -389,12 +387,30 @@ mod tests {
             "SELECT * FROM input",
             "id",
             &["x".into(), "y z".into()],
+            &Schema::empty(),
             Some((1, 4)),
             true,
         );
         assert_eq!(
             q,
             r#"SELECT CAST("id" AS VARCHAR) AS entity_id, TRY_CAST("x" AS DOUBLE) AS "f0", TRY_CAST("y z" AS DOUBLE) AS "f1", predict(TRY_CAST("x" AS DOUBLE), TRY_CAST("y z" AS DOUBLE)) AS prediction FROM (SELECT * FROM input) AS src WHERE tandem_shard(CAST("id" AS VARCHAR), 4) = 1"#
+        );
+        // FLOAT columns go to the model as they are.
+        let schema = Schema::new(vec![
+            Field::new("x", DataType::Float32, true),
+            Field::new("y z", DataType::Int64, true),
+        ]);
+        let q = scoring_query(
+            "SELECT * FROM input",
+            "id",
+            &["x".into(), "y z".into()],
+            &schema,
+            None,
+            true,
+        );
+        assert_eq!(
+            q,
+            r#"SELECT CAST("id" AS VARCHAR) AS entity_id, "x" AS "f0", TRY_CAST("y z" AS DOUBLE) AS "f1", predict("x", TRY_CAST("y z" AS DOUBLE)) AS prediction FROM (SELECT * FROM input) AS src"#
         );
     }
 

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use datafusion::arrow::array::{Array, ArrayRef, Float32Array, Float64Array};
+use datafusion::arrow::array::Array;
 use datafusion::arrow::datatypes::Schema;
 use futures::StreamExt;
 use serde::Serialize;
@@ -40,9 +40,10 @@ use tandem_store::{PredictionEntry, Store, StoreError};
 use tokio::task::JoinHandle;
 
 use crate::error::BatchError;
-use crate::index::{DigestIndex, HASH_SEED, IndexEntry, mix, row_hash, secs};
-use crate::job::{Progress, count_rows, doubles, new_run_id, open_store, strings};
+use crate::index::{DigestIndex, HASH_SEED, IndexEntry, row_hash, secs};
+use crate::job::{Progress, count_rows, new_run_id, open_store, strings};
 use crate::plan::{InputSpec, base_query, features_query, resolve_features, session};
+use crate::rows::FeatureColumn;
 use crate::warm::Busy;
 
 /// What to run.
@@ -302,53 +303,6 @@ impl Scorer {
     }
 }
 
-/// A feature column as the scan gives it: FLOAT as it is, anything else
-/// as DOUBLE ([`features_query`]).
-enum Column {
-    F32(Float32Array),
-    F64(Float64Array),
-}
-
-impl Column {
-    fn of(col: &ArrayRef) -> Result<Column, BatchError> {
-        match col.as_any().downcast_ref::<Float32Array>() {
-            Some(c) => Ok(Column::F32(c.clone())),
-            None => doubles(col).map(Column::F64),
-        }
-    }
-
-    /// Row `r` as the model gets it (null or NaN: `fill`).
-    fn value(&self, r: usize, fill: f32) -> f32 {
-        match self {
-            Column::F32(c) if c.is_valid(r) && !c.value(r).is_nan() => c.value(r),
-            Column::F64(c) if c.is_valid(r) && !c.value(r).is_nan() => c.value(r) as f32,
-            _ => fill,
-        }
-    }
-
-    /// Mixes every row's value into its index hash ([`mix`]).
-    fn hash_into(&self, h: &mut [u64], fill: f32) {
-        let pick = |v: f32| if v.is_nan() { fill } else { v };
-        match self {
-            Column::F32(c) if c.null_count() == 0 => {
-                for (hr, v) in h.iter_mut().zip(c.values().iter()) {
-                    *hr = mix(*hr, pick(*v).to_bits());
-                }
-            }
-            Column::F64(c) if c.null_count() == 0 => {
-                for (hr, v) in h.iter_mut().zip(c.values().iter()) {
-                    *hr = mix(*hr, pick(*v as f32).to_bits());
-                }
-            }
-            _ => {
-                for (r, hr) in h.iter_mut().enumerate() {
-                    *hr = mix(*hr, self.value(r, fill).to_bits());
-                }
-            }
-        }
-    }
-}
-
 /// Chunks read, judged and written while the scan goes on.
 const IN_FLIGHT: usize = 4;
 
@@ -450,9 +404,11 @@ async fn refresh_inner(
     let started = Instant::now();
     check(opts)?;
     // The index (24 bytes an entity) loads while the input is planned.
-    let reading = opts.index.clone().filter(|p| p.exists()).map(|p| {
-        tokio::task::spawn_blocking(move || DigestIndex::read(&p))
-    });
+    let reading = opts
+        .index
+        .clone()
+        .filter(|p| p.exists())
+        .map(|p| tokio::task::spawn_blocking(move || DigestIndex::read(&p)));
     let input = InputSpec::open(&opts.input).await?;
     let ctx = session(&input, None).await?;
     let base = base_query(None, None);
@@ -560,8 +516,8 @@ async fn refresh_inner(
             if let Some(batch) = next {
                 let batch = batch?;
                 let id_col = strings(batch.column(0))?;
-                let cols: Vec<Column> = (0..features.len())
-                    .map(|f| Column::of(batch.column(1 + f)))
+                let cols: Vec<FeatureColumn> = (0..features.len())
+                    .map(|f| FeatureColumn::of(batch.column(1 + f)))
                     .collect::<Result<_, _>>()?;
                 let n = batch.num_rows();
                 // Row hashes for the index, column by column (rows are

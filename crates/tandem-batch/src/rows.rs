@@ -4,8 +4,81 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use datafusion::arrow::array::{Array, ArrayRef, Float32Array, Float64Array};
+
 use crate::digest::id_hash;
 use crate::error::BatchError;
+use crate::index::mix;
+
+/// A feature column as [`crate::plan::scoring_query`] gives it: FLOAT (f32,
+/// what the model takes) as it is, any other type `TRY_CAST` to DOUBLE.
+/// Reading FLOAT columns without the round trip through DOUBLE saves a
+/// cast and 8 bytes a value per column and batch.
+pub(crate) enum FeatureColumn {
+    F32(Float32Array),
+    F64(Float64Array),
+}
+
+impl FeatureColumn {
+    /// The column at `col` of a scan.
+    pub(crate) fn of(col: &ArrayRef) -> Result<FeatureColumn, BatchError> {
+        match col.as_any().downcast_ref::<Float32Array>() {
+            Some(c) => Ok(FeatureColumn::F32(c.clone())),
+            None => crate::job::doubles(col).map(FeatureColumn::F64),
+        }
+    }
+
+    /// Row `r` in f32, as `predict` feeds it to the model before the fill
+    /// (`None`: null; NaN stays NaN).
+    #[inline]
+    pub(crate) fn get(&self, r: usize) -> Option<f32> {
+        match self {
+            FeatureColumn::F32(c) => c.is_valid(r).then(|| c.value(r)),
+            FeatureColumn::F64(c) => c.is_valid(r).then(|| c.value(r) as f32),
+        }
+    }
+
+    /// Row `r` in f64 (a FLOAT widened exactly; `None`: null).
+    #[inline]
+    pub(crate) fn get_f64(&self, r: usize) -> Option<f64> {
+        match self {
+            FeatureColumn::F32(c) => c.is_valid(r).then(|| f64::from(c.value(r))),
+            FeatureColumn::F64(c) => c.is_valid(r).then(|| c.value(r)),
+        }
+    }
+
+    /// Row `r` as the model gets it (null or NaN: `fill`).
+    #[inline]
+    pub(crate) fn value(&self, r: usize, fill: f32) -> f32 {
+        match self.get(r) {
+            Some(v) if !v.is_nan() => v,
+            _ => fill,
+        }
+    }
+
+    /// Mixes every row's value, as the model gets it, into its digest
+    /// index hash ([`crate::index::row_hash`], one column at a time).
+    pub(crate) fn hash_into(&self, h: &mut [u64], fill: f32) {
+        let pick = |v: f32| if v.is_nan() { fill } else { v };
+        match self {
+            FeatureColumn::F32(c) if c.null_count() == 0 => {
+                for (hr, v) in h.iter_mut().zip(c.values().iter()) {
+                    *hr = mix(*hr, pick(*v).to_bits());
+                }
+            }
+            FeatureColumn::F64(c) if c.null_count() == 0 => {
+                for (hr, v) in h.iter_mut().zip(c.values().iter()) {
+                    *hr = mix(*hr, pick(*v as f32).to_bits());
+                }
+            }
+            _ => {
+                for (r, hr) in h.iter_mut().enumerate() {
+                    *hr = mix(*hr, self.value(r, fill).to_bits());
+                }
+            }
+        }
+    }
+}
 
 /// Why a row was skipped or a value filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -390,7 +390,15 @@ pub async fn run_batch_cluster(
         .collect();
     let mut select = vec![format!("CAST({id} AS VARCHAR) AS entity_id")];
     for (i, f) in features.iter().enumerate() {
-        select.push(format!("TRY_CAST({} AS DOUBLE) AS {}", ident(f), fcols[i]));
+        // FLOAT columns as they are, the rest as DOUBLE (`scoring_query`).
+        let float = schema
+            .field_with_name(f)
+            .is_ok_and(|field| field.data_type() == &DataType::Float32);
+        if float {
+            select.push(format!("{} AS {}", ident(f), fcols[i]));
+        } else {
+            select.push(format!("TRY_CAST({} AS DOUBLE) AS {}", ident(f), fcols[i]));
+        }
     }
     let mut src = format!("SELECT {} FROM ({base}) AS q", select.join(", "));
     if let Some((i, n)) = opts.shard {

@@ -29,6 +29,7 @@ use tandem_model::Model;
 use tandem_store::{PredictionEntry, Store};
 
 use crate::digest::{feature_digest, shard_of};
+use crate::rows::FeatureColumn;
 use crate::udf::{pack_block, predict_block};
 
 /// The function's name in plans.
@@ -276,14 +277,11 @@ impl ScalarUDFImpl for ScoreUdf {
         let n = picked.first().map_or(0, |c| c.len());
         let block = pack_block(&picked, n, fill)?;
         let predictions = predict_block(model, &block, n)?;
-        let doubles: Vec<Float64Array> = picked
+        let features: Vec<FeatureColumn> = picked
             .iter()
             .map(|c| {
-                let c = cast(c, &DataType::Float64)?;
-                c.as_any()
-                    .downcast_ref::<Float64Array>()
-                    .cloned()
-                    .ok_or_else(|| DataFusionError::Execution("a feature is not numeric".into()))
+                FeatureColumn::of(c)
+                    .map_err(|_| DataFusionError::Execution("a feature is not numeric".into()))
             })
             .collect::<Result<_>>()?;
 
@@ -312,13 +310,8 @@ impl ScalarUDFImpl for ScoreUdf {
             }
             // The values the model was fed (`pack_block`: null and NaN
             // take the fill value), as a local run digests them.
-            for (f, col) in doubles.iter().enumerate() {
-                let v = if col.is_null(k) {
-                    f32::NAN
-                } else {
-                    col.value(k) as f32
-                };
-                row_values[f] = if v.is_nan() { fill } else { v };
+            for (f, col) in features.iter().enumerate() {
+                row_values[f] = col.value(k, fill);
             }
             entries.push(PredictionEntry {
                 entity: id.to_owned(),
