@@ -4,11 +4,23 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::catalog::{ScanArgs, ScanResult, Session, TableProvider};
+use datafusion::common::Statistics;
+use datafusion::common::stats::Precision;
+use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::options::{CsvReadOptions, ParquetReadOptions};
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetSource,
+};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::options::ReadOptions;
 use datafusion::logical_expr::Partitioning;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tandem_model::Model;
 
@@ -145,7 +157,124 @@ pub async fn session(
     }
     ctx.register_udf(ShardUdf::default().into_udf());
     register_input(&ctx, input, &input.path).await?;
+    if input.format == Format::Parquet
+        && let Some(table) = ctx.table_provider("input").await.ok()
+    {
+        ctx.deregister_table("input")?;
+        ctx.register_table(
+            "input",
+            Arc::new(SplitScan {
+                inner: table,
+                parts: cores,
+            }),
+        )?;
+    }
     Ok(ctx)
+}
+
+/// Rows a split of one Parquet file gets at least ([`SplitScan`]).
+const MIN_SPLIT_ROWS: usize = 65_536;
+
+/// The input table of a local run, splitting the scan of a single Parquet
+/// file into contiguous row ranges, one partition each. DataFusion reads
+/// a row group in one partition, and pyarrow and parquet-rs write up to
+/// 1M rows in one row group, so a typical one-file input was decoded on
+/// one core whatever came after. Each range is a file-level row selection
+/// ([`ParquetRowSelection`]), which the reader maps onto the row groups
+/// (and, when the file has a page index, onto the pages): together the
+/// ranges read every row once. Not used on a Ballista cluster, whose plan
+/// serialization does not carry the selections.
+#[derive(Debug)]
+struct SplitScan {
+    inner: Arc<dyn TableProvider>,
+    parts: usize,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for SplitScan {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, projection, filters, limit).await?;
+        Ok(split_rows(&plan, self.parts).unwrap_or(plan))
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: ScanArgs<'a>,
+    ) -> datafusion::error::Result<ScanResult> {
+        let plan = self.inner.scan_with_args(state, args).await?.into_inner();
+        Ok(split_rows(&plan, self.parts).unwrap_or(plan).into())
+    }
+}
+
+/// `plan` with its one Parquet file split into up to `parts` row ranges,
+/// or `None` when it is not a scan of one whole Parquet file with known
+/// row count and enough rows.
+fn split_rows(plan: &Arc<dyn ExecutionPlan>, parts: usize) -> Option<Arc<dyn ExecutionPlan>> {
+    let exec = plan.downcast_ref::<DataSourceExec>()?;
+    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
+    config.file_source().downcast_ref::<ParquetSource>()?;
+    let mut files = config.file_groups.iter().flat_map(|g| g.iter());
+    let (Some(file), None) = (files.next(), files.next()) else {
+        return None;
+    };
+    if file.range.is_some() || !file.extensions.is_empty() {
+        return None;
+    }
+    let rows = match file.statistics.as_ref()?.num_rows {
+        Precision::Exact(n) => n,
+        _ => return None,
+    };
+    let parts = parts.min(rows / MIN_SPLIT_ROWS);
+    if parts < 2 {
+        return None;
+    }
+    let groups: Vec<FileGroup> = (0..parts)
+        .map(|i| {
+            let (from, to) = (rows * i / parts, rows * (i + 1) / parts);
+            let mut selectors = Vec::with_capacity(3);
+            if from > 0 {
+                selectors.push(RowSelector::skip(from));
+            }
+            selectors.push(RowSelector::select(to - from));
+            if rows > to {
+                selectors.push(RowSelector::skip(rows - to));
+            }
+            let part = file
+                .clone()
+                .with_extension(ParquetRowSelection::new(RowSelection::from(selectors)));
+            FileGroup::new(vec![part])
+        })
+        .collect();
+    let split = FileScanConfigBuilder::from(config.clone())
+        .with_file_groups(groups)
+        .build();
+    Some(DataSourceExec::from_data_source(split))
 }
 
 /// Registers the input as table `input`, read from `path` (the input's
@@ -420,5 +549,115 @@ mod tests {
             base_query(Some("SELECT id, a * 2 AS a2 FROM input"), Some("a2 > 1")),
             "SELECT * FROM (SELECT id, a * 2 AS a2 FROM input) AS q WHERE a2 > 1"
         );
+    }
+
+    /// One Parquet file, one row group, `rows` rows: `entity_id` = `e{i}`,
+    /// `x` = i.
+    fn one_row_group(path: &std::path::Path, rows: usize) {
+        use datafusion::arrow::array::{ArrayRef, Float32Array, RecordBatch, StringArray};
+        use datafusion::parquet::arrow::ArrowWriter;
+        use datafusion::parquet::file::properties::WriterProperties;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("entity_id", DataType::Utf8, false),
+            Field::new("x", DataType::Float32, false),
+        ]));
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(rows))
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+        for start in (0..rows).step_by(50_000) {
+            let end = (start + 50_000).min(rows);
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| format!("e{i}")),
+                )),
+                Arc::new(Float32Array::from_iter_values(
+                    (start..end).map(|i| i as f32),
+                )),
+            ];
+            w.write(&RecordBatch::try_new(schema.clone(), cols).unwrap())
+                .unwrap();
+        }
+        let meta = w.close().unwrap();
+        assert_eq!(meta.num_row_groups(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_parquet_file_is_scanned_in_row_ranges_that_read_every_row_once() {
+        use datafusion::arrow::array::Float32Array;
+        use datafusion::prelude::ParquetReadOptions;
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.parquet");
+        let rows = 200_000;
+        one_row_group(&path, rows);
+
+        let ctx = SessionContext::new();
+        ctx.register_parquet("t", path.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let table = ctx.table_provider("t").await.unwrap();
+        let plan = table.scan(&ctx.state(), None, &[], None).await.unwrap();
+        assert_eq!(plan.properties().output_partitioning().partition_count(), 1);
+        // 200k rows make at most 3 ranges of >= 65,536 rows.
+        let split = split_rows(&plan, 4).expect("split");
+        assert_eq!(
+            split.properties().output_partitioning().partition_count(),
+            3
+        );
+        // The partitions share their files as work (DataFusion's file
+        // stream), so any partition may read any range; together they read
+        // each row once (three whole-file scans would read each thrice).
+        let mut seen = vec![0u8; rows];
+        for part in 0..3 {
+            let mut stream = split.execute(part, ctx.task_ctx()).unwrap();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.unwrap();
+                let x = batch
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .unwrap();
+                for v in x.values() {
+                    seen[*v as usize] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|c| *c == 1), "every row exactly once");
+        // Too few rows to split, or one part asked for: left alone.
+        assert!(split_rows(&plan, 1).is_none());
+        let small = dir.path().join("small.parquet");
+        one_row_group(&small, 100_000);
+        ctx.register_parquet("s", small.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let s = ctx.table_provider("s").await.unwrap();
+        let plan = s.scan(&ctx.state(), None, &[], None).await.unwrap();
+        assert!(split_rows(&plan, 2).is_none());
+
+        // Through a batch session and SQL (projection, aggregation).
+        let input = InputSpec::open(path.to_str().unwrap()).await.unwrap();
+        let ctx = session(&input, None).await.unwrap();
+        let out = ctx
+            .sql("SELECT count(*) AS n, count(DISTINCT entity_id) AS d, sum(CAST(x AS DOUBLE)) AS s FROM input")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let col = |i: usize| {
+            datafusion::arrow::compute::cast(out[0].column(i), &DataType::Float64).unwrap()
+        };
+        let value = |i: usize| {
+            col(i)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Float64Array>()
+                .unwrap()
+                .value(0)
+        };
+        assert_eq!(value(0), rows as f64);
+        assert_eq!(value(1), rows as f64);
+        assert_eq!(value(2), (rows as f64 - 1.0) * rows as f64 / 2.0);
     }
 }
