@@ -146,9 +146,10 @@ struct OnDisk {
 
 /// Looks keys up in input order (see the module doc). A scan of several
 /// partitions interleaves their batches, so the cursor remembers where the
-/// last few runs stopped ([`Cursor::RUNS`]) and tries each before the hash
-/// map: two row groups read in parallel cost a few comparisons per batch,
-/// not a map.
+/// last few runs stopped ([`Cursor::RUNS`]) and tries each, then the keys
+/// a little ahead of each ([`Cursor::AHEAD`]: the index was written with
+/// another interleaving), before the hash map: two row groups read in
+/// parallel cost a few comparisons per batch, not a map.
 #[derive(Debug)]
 pub struct Cursor<'a> {
     index: &'a DigestIndex,
@@ -166,6 +167,9 @@ impl Cursor<'_> {
     pub const RUNS: usize = 8;
     /// Misses resolved by a linear scan before the map is built.
     pub const SCANS: usize = 16;
+    /// Keys searched ahead of each run's stop before a linear scan (512
+    /// KiB: a few batches of another partition).
+    pub const AHEAD: usize = 1 << 16;
 
     /// The position of `key`, trying the entry after the last hit first,
     /// then where the other recent runs stopped, then the map.
@@ -181,10 +185,14 @@ impl Cursor<'_> {
             self.next = at + 1;
             return Some(at);
         }
-        // A new run (another partition's first batch) or a new entity:
-        // the first few are found by a linear scan of the keys (8 bytes an
-        // entity, sequential), cheaper than building the map.
-        let at = if self.scans < Self::SCANS {
+        let at = if let Some(map) = self.index.map.get() {
+            map.get(&key).map(|at| *at as usize)
+        } else if let Some(at) = self.ahead(key) {
+            Some(at)
+        } else if self.scans < Self::SCANS {
+            // A new run (another partition's first batch) or a new entity:
+            // the first few are found by a linear scan of the keys (8 bytes
+            // an entity, sequential), cheaper than building the map.
             self.scans += 1;
             keys.iter().position(|&k| k == key)
         } else {
@@ -194,6 +202,23 @@ impl Cursor<'_> {
         self.oldest = (self.oldest + 1) % Self::RUNS;
         self.next = at + 1;
         Some(at)
+    }
+
+    /// `key` a little ahead of where a run stopped: the run's rows go on
+    /// after a batch that another partition wrote in between (the run that
+    /// wrote the index interleaved its partitions' batches differently).
+    fn ahead(&self, key: u64) -> Option<usize> {
+        let keys = &self.index.keys;
+        std::iter::once(self.next)
+            .chain(self.others)
+            .filter(|&from| from < keys.len())
+            .find_map(|from| {
+                let to = keys.len().min(from + Self::AHEAD);
+                keys[from..to]
+                    .iter()
+                    .position(|&k| k == key)
+                    .map(|i| from + i)
+            })
     }
 }
 
@@ -616,6 +641,42 @@ mod tests {
         }
         assert_eq!(c.find(3), None, "absent");
         assert!(two.map.get().is_none(), "no map was built");
+
+        // The index written with the two partitions' batches interleaved
+        // (100 rows each), read back with other batch sizes (150 and 70
+        // rows): each run goes on a batch of the other partition ahead.
+        let mut woven = DigestIndex::new("m", 1);
+        let half = 1000u64;
+        for batch in 0..10u64 {
+            for start in [0, half] {
+                for k in 0..100 {
+                    let i = start + batch * 100 + k;
+                    woven.push(i * 13 + 5, entry(i));
+                }
+            }
+        }
+        let position = |i: u64| {
+            let (part, k) = (i / half, i % half);
+            ((k / 100) * 200 + part * 100 + k % 100) as usize
+        };
+        let mut w = woven.cursor();
+        let (mut a, mut b) = (0u64, half);
+        while a < half || b < 2 * half {
+            for _ in 0..150 {
+                if a < half {
+                    assert_eq!(w.find(a * 13 + 5), Some(position(a)));
+                    a += 1;
+                }
+            }
+            for _ in 0..70 {
+                if b < 2 * half {
+                    assert_eq!(w.find(b * 13 + 5), Some(position(b)));
+                    b += 1;
+                }
+            }
+        }
+        assert_eq!(w.scans, 0, "no linear scan of the whole index");
+        assert!(woven.map.get().is_none(), "no map was built");
         // Past the linear scans, misses go to the map.
         for k in 0..Cursor::SCANS as u64 {
             assert_eq!(c.find(k * 7 + 2), None);
