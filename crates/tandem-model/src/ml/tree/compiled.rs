@@ -2,9 +2,11 @@
 //!
 //! Every tree is a flat array of 16-byte nodes, root first, children near
 //! their parent. A leaf is a node whose two children are itself, so a walk
-//! can run a fixed number of steps (the tree's depth) without testing for
-//! leaves; several rows walk the same tree in lock-step, which keeps the
-//! tree in L1 cache and lets the CPU overlap the rows' independent loads.
+//! can step past a leaf without testing for one: several rows walk the same
+//! tree in lock-step (which keeps the tree in L1 cache and lets the CPU
+//! overlap the rows' independent loads) for the depth of the tree's
+//! shallowest leaf with no test, then test every second step whether all
+//! of them have arrived.
 //! Comparison modes are normalised where that is exact: `x > t` becomes
 //! `!(x <= t)` with the children swapped (and `>=` likewise becomes `<`), so
 //! the common ensembles run a kernel with one comparison and no mode switch.
@@ -20,6 +22,8 @@ const FEATURE_MASK: u32 = !NAN_TO_FIRST;
 const LANES: usize = 8;
 /// Rows whose accumulators stay hot while every tree is walked.
 const TILE: usize = 64;
+/// Steps between leaf tests once a walk is past a tree's shallowest leaf.
+const LEAF_TEST_EVERY: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
@@ -36,7 +40,11 @@ struct Node {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Tree {
     root: u32,
+    /// The deepest leaf's depth.
     depth: u32,
+    /// The shallowest leaf's depth: every walk takes at least this many
+    /// steps, so none need a leaf test.
+    min_leaf: u32,
 }
 
 /// Which comparison every branch uses after normalisation.
@@ -136,10 +144,12 @@ impl CompiledEnsemble {
         // root, which keeps children near parents.
         let mut depth = vec![0u32; spec.len()];
         let mut max_depth = 0;
+        let mut min_leaf = u32::MAX;
         for (i, node) in spec.iter().enumerate() {
             let me = to_global(i)?;
             match node {
                 SpecNode::Leaf(weights) => {
+                    min_leaf = min_leaf.min(depth[i]);
                     let leaf = (self.leaf_offsets.len() - 1) as u32;
                     self.leaf_entries.extend_from_slice(weights);
                     self.leaf_offsets.push(self.leaf_entries.len() as u32);
@@ -206,6 +216,7 @@ impl CompiledEnsemble {
         self.trees.push(Tree {
             root: to_global(0)?,
             depth: max_depth,
+            min_leaf: min_leaf.min(max_depth),
         });
         Ok(())
     }
@@ -310,25 +321,27 @@ impl CompiledEnsemble {
         leaves: &mut [u32; L],
     ) {
         let mut idx = [tree.root; L];
-        let mut remaining = tree.depth;
-        while remaining > 0 {
-            let steps = remaining.min(16);
+        let step_all = |idx: &mut [u32; L]| {
+            for (k, i) in idx.iter_mut().enumerate() {
+                let node = &self.nodes[*i as usize];
+                *i = S::step(self, *i, node, x, first_row + k * width);
+            }
+        };
+        // No lane can sit on a leaf before the shallowest leaf's depth.
+        for _ in 0..tree.min_leaf {
+            step_all(&mut idx);
+        }
+        // Unbalanced trees (LightGBM's leaf-wise growth, random forests):
+        // past that, stop as soon as every lane sits on a leaf rather than
+        // walking the deepest path's length. A leaf is its own first child,
+        // which no branch is.
+        let mut remaining = tree.depth - tree.min_leaf;
+        while remaining > 0 && !idx.iter().all(|&i| self.nodes[i as usize].children[0] == i) {
+            let steps = remaining.min(LEAF_TEST_EVERY);
             for _ in 0..steps {
-                for (k, i) in idx.iter_mut().enumerate() {
-                    let node = &self.nodes[*i as usize];
-                    *i = S::step(self, *i, node, x, first_row + k * width);
-                }
+                step_all(&mut idx);
             }
             remaining -= steps;
-            // Deep, unbalanced trees: stop once every lane sits on a leaf.
-            if remaining > 0
-                && idx.iter().all(|&i| {
-                    let n = &self.nodes[i as usize];
-                    n.children[0] == i && n.children[1] == i
-                })
-            {
-                break;
-            }
         }
         for (leaf, &i) in leaves.iter_mut().zip(&idx) {
             *leaf = self.nodes[i as usize].threshold.to_bits();
@@ -538,6 +551,44 @@ mod tests {
         for r in 0..rows {
             let one = e.eval(&x[r * 2..r * 2 + 2], 1, 2).unwrap();
             assert_eq!(batch.scores[r], one.scores[0], "row {r}");
+        }
+    }
+
+    #[test]
+    fn unbalanced_trees_stop_when_every_lane_is_on_a_leaf() {
+        // A comb of depth 20: level k sends x <= k to a leaf worth k and the
+        // rest one level down, so lanes of one 8-row group end at depths 1
+        // to 20; a balanced stump beside it (shallowest leaf = deepest).
+        const D: usize = 20;
+        let mut nodes = Vec::new();
+        for k in 0..D {
+            nodes.push(SpecNode::Branch {
+                feature: 0,
+                mode: Mode::Leq,
+                threshold: k as f32,
+                members: vec![],
+                missing_tracks_true: false,
+                if_true: 2 * k + 1,
+                if_false: 2 * k + 2,
+            });
+            nodes.push(SpecNode::Leaf(vec![(0, k as f32)]));
+        }
+        nodes.push(SpecNode::Leaf(vec![(0, D as f32)]));
+        let mut spec = stump(Mode::Leq, 0.5, false);
+        spec.trees.push(SpecTree { nodes });
+        let e = CompiledEnsemble::compile(&spec).unwrap();
+        assert_eq!((e.trees[1].min_leaf, e.trees[1].depth), (1, D as u32));
+        assert_eq!((e.trees[0].min_leaf, e.trees[0].depth), (1, 1));
+        let rows = 45;
+        let x: Vec<f32> = (0..rows)
+            .flat_map(|r| [((r * 7) % 23) as f32 - 1.5, (r % 2) as f32])
+            .collect();
+        let got = e.eval(&x, rows, 2).unwrap();
+        for r in 0..rows {
+            let (v, w) = (x[2 * r], x[2 * r + 1]);
+            let comb = (0..D).find(|&k| v <= k as f32).unwrap_or(D) as f64;
+            let stump = if w <= 0.5 { 10.0 } else { -10.0 };
+            assert_eq!(got.scores[r], comb + stump, "row {r}: x = {v}");
         }
     }
 
