@@ -13,6 +13,7 @@ mod load;
 pub mod ml;
 pub mod model;
 pub mod repository;
+mod simd;
 
 pub use config::{ModelConfig, NonFinite, OutputSelection};
 pub use error::ModelError;

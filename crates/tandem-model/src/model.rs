@@ -342,14 +342,19 @@ impl Model {
         Ok(())
     }
 
-    fn run_raw(&self, batch: &FeatureBatch) -> Result<TVec<TValue>, ModelError> {
+    pub(crate) fn run_raw(&self, batch: &FeatureBatch) -> Result<TVec<TValue>, ModelError> {
         self.check_input(batch)?;
         let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
         let run =
             |plan: &Arc<TypedRunnableModel>, values: &[f32]| -> Result<TVec<TValue>, ModelError> {
                 let input = Tensor::from_shape(&[values.len() / self.width, self.width], values)
                     .map_err(err)?;
-                plan.run(tvec!(input.into_tvalue())).map_err(err)
+                let out = plan.run(tvec!(input.into_tvalue()));
+                // tract's AVX kernels leave the vector registers' upper
+                // halves dirty, slowing every later SSE instruction on this
+                // thread (crate::simd).
+                crate::simd::clear_upper_state();
+                out.map_err(err)
             };
         let rows = batch.rows();
         if rows < 2 * load::CHUNK {

@@ -5,8 +5,7 @@
 //! can step past a leaf without testing for one: several rows walk the same
 //! tree in lock-step (which keeps the tree in L1 cache and lets the CPU
 //! overlap the rows' independent loads) for the depth of the tree's
-//! shallowest leaf with no test, then test every second step whether all
-//! of them have arrived.
+//! shallowest leaf with no test, then until a step moves none of them.
 //! Comparison modes are normalised where that is exact: `x > t` becomes
 //! `!(x <= t)` with the children swapped (and `>=` likewise becomes `<`), so
 //! the common ensembles run a kernel with one comparison and no mode switch.
@@ -22,8 +21,6 @@ const FEATURE_MASK: u32 = !NAN_TO_FIRST;
 const LANES: usize = 8;
 /// Rows whose accumulators stay hot while every tree is walked.
 const TILE: usize = 64;
-/// Steps between leaf tests once a walk is past a tree's shallowest leaf.
-const LEAF_TEST_EVERY: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
@@ -321,30 +318,37 @@ impl CompiledEnsemble {
         leaves: &mut [u32; L],
     ) {
         let mut idx = [tree.root; L];
-        let step_all = |idx: &mut [u32; L]| {
-            for (k, i) in idx.iter_mut().enumerate() {
-                let node = &self.nodes[*i as usize];
-                *i = S::step(self, *i, node, x, first_row + k * width);
-            }
-        };
         // No lane can sit on a leaf before the shallowest leaf's depth.
         for _ in 0..tree.min_leaf {
-            step_all(&mut idx);
+            self.step_lanes::<S, L>(&mut idx, x, first_row, width);
         }
         // Unbalanced trees (LightGBM's leaf-wise growth, random forests):
-        // past that, stop as soon as every lane sits on a leaf rather than
-        // walking the deepest path's length. A leaf is its own first child,
-        // which no branch is.
-        let mut remaining = tree.depth - tree.min_leaf;
-        while remaining > 0 && !idx.iter().all(|&i| self.nodes[i as usize].children[0] == i) {
-            let steps = remaining.min(LEAF_TEST_EVERY);
-            for _ in 0..steps {
-                step_all(&mut idx);
+        // past that, stop at the first step that moves no lane (a leaf is
+        // its own child) rather than walking the deepest path's length.
+        // Comparing the lanes' positions needs no load.
+        for _ in tree.min_leaf..tree.depth {
+            let before = idx;
+            self.step_lanes::<S, L>(&mut idx, x, first_row, width);
+            if idx == before {
+                break;
             }
-            remaining -= steps;
         }
         for (leaf, &i) in leaves.iter_mut().zip(&idx) {
             *leaf = self.nodes[i as usize].threshold.to_bits();
+        }
+    }
+
+    #[inline(always)]
+    fn step_lanes<S: Step, const L: usize>(
+        &self,
+        idx: &mut [u32; L],
+        x: &[f32],
+        first_row: usize,
+        width: usize,
+    ) {
+        for (k, i) in idx.iter_mut().enumerate() {
+            let node = &self.nodes[*i as usize];
+            *i = S::step(self, *i, node, x, first_row + k * width);
         }
     }
 
