@@ -3,9 +3,9 @@
 //! Predictions live under `{namespace}pred:{entity}` as the reference
 //! design's JSON (`{"prediction": .., "timestamp": .., ...}`), features under
 //! `{namespace}features:{entity}` as a JSON object of numbers, and activity
-//! counts in sorted sets `{{namespace}activity}:{bucket}` (the braces are a
-//! Redis Cluster hash tag: every bucket of one namespace lives in one slot so
-//! that a top-K query can merge them server-side).
+//! counts in hashes `{{namespace}activity}:c:{bucket}` (entity -> requests;
+//! the braces are a Redis Cluster hash tag keeping every bucket of one
+//! namespace in one slot).
 
 use tandem_core::{FeatureRow, PredictionRecord};
 
@@ -52,9 +52,11 @@ impl KeyLayout {
         format!("{{{}{}}}", self.namespace, self.activity_stem)
     }
 
-    /// The sorted set counting requests in one time bucket.
+    /// The hash counting requests per entity in one time bucket. (`c:`
+    /// keeps these apart from the sorted sets earlier versions wrote under
+    /// `{tag}:{bucket}`, which age out after the retention.)
     pub fn activity_key(&self, bucket: u64) -> String {
-        format!("{}:{bucket}", self.activity_tag())
+        format!("{}:c:{bucket}", self.activity_tag())
     }
 }
 
@@ -198,13 +200,13 @@ mod tests {
         let l = KeyLayout::default();
         assert_eq!(l.prediction_key("u1"), "pred:u1");
         assert_eq!(l.feature_key("u1"), "features:u1");
-        assert_eq!(l.activity_key(7), "{activity}:7");
+        assert_eq!(l.activity_key(7), "{activity}:c:7");
         let l = KeyLayout {
             namespace: "churn:prod:".into(),
             ..KeyLayout::default()
         };
         assert_eq!(l.prediction_key("u1"), "churn:prod:pred:u1");
-        assert_eq!(l.activity_key(7), "{churn:prod:activity}:7");
+        assert_eq!(l.activity_key(7), "{churn:prod:activity}:c:7");
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -404,7 +403,8 @@ fn decode_all<T>(
         .collect()
 }
 
-static TEMP_KEYS: AtomicU64 = AtomicU64::new(0);
+/// Fields asked for per `HSCAN` of an activity bucket.
+const SCAN_COUNT: usize = 10_000;
 
 #[async_trait]
 impl PredictionStore for RedisStore {
@@ -511,10 +511,10 @@ impl ActivityLog for RedisStore {
             .map(|chunk| {
                 let mut pipe = redis::pipe();
                 for (entity, n) in chunk {
-                    pipe.cmd("ZINCRBY")
+                    pipe.cmd("HINCRBY")
                         .arg(&key)
-                        .arg(*n)
                         .arg(entity.as_str())
+                        .arg(*n)
                         .ignore();
                 }
                 pipe.cmd("PEXPIRE").arg(&key).arg(retention_ms).ignore();
@@ -533,48 +533,31 @@ impl ActivityLog for RedisStore {
         if k == 0 {
             return Ok(Vec::new());
         }
+        // Each bucket's hash is read in slices (HSCAN), so a large bucket
+        // never holds Redis for long, and summed here; ranking happens
+        // here too, ties by entity id as on every backend.
         let layout = &self.options.layout;
-        let keys: Vec<String> = buckets_in_window(now, lookback, self.options.activity_bucket)
-            .map(|b| layout.activity_key(b))
-            .collect();
-        let temp = format!(
-            "{}:top:{}:{}",
-            layout.activity_tag(),
-            std::process::id(),
-            TEMP_KEYS.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZUNIONSTORE")
-            .arg(&temp)
-            .arg(keys.len())
-            .arg(&keys)
-            .ignore()
-            .cmd("ZREVRANGE")
-            .arg(&temp)
-            .arg(0)
-            .arg(k - 1)
-            .arg("WITHSCORES")
-            .cmd("PEXPIRE")
-            .arg(&temp)
-            .arg(60_000)
-            .ignore();
-        let (head,): (Vec<(String, f64)>,) = self.query(pipe).await?;
-        let mut counts: Vec<(String, u64)> = head.into_iter().map(|(e, s)| (e, s as u64)).collect();
-        if counts.len() == k {
-            // Redis breaks ties at the cut in reverse byte order; fetch every
-            // entity tied with the last one so that ties go by entity id on
-            // every backend.
-            let last = counts[k - 1].1;
-            let mut cmd = redis::cmd("ZRANGEBYSCORE");
-            cmd.arg(&temp).arg(last).arg(last);
-            let tied: Vec<String> = self.query(cmd).await?;
-            counts.retain(|(_, c)| *c > last);
-            counts.extend(tied.into_iter().map(|e| (e, last)));
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for bucket in buckets_in_window(now, lookback, self.options.activity_bucket) {
+            let key = layout.activity_key(bucket);
+            // HSCAN may return a field twice (the hash resized between
+            // calls): a bucket's fields are collected first, then added.
+            let mut fields: HashMap<String, u64> = HashMap::new();
+            let mut cursor = 0u64;
+            loop {
+                let mut cmd = redis::cmd("HSCAN");
+                cmd.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+                let (next, slice): (u64, Vec<(String, u64)>) = self.query(cmd).await?;
+                fields.extend(slice);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            for (entity, n) in fields {
+                *counts.entry(entity).or_default() += n;
+            }
         }
-        let mut del = redis::cmd("DEL");
-        del.arg(&temp);
-        self.query::<()>(del).await?;
         Ok(top_k(counts, k))
     }
 }

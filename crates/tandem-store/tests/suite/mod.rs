@@ -274,6 +274,39 @@ pub async fn activity_top_k(h: &impl Harness) {
     assert!(store.top_active(0, HOUR, now).await.unwrap().is_empty());
 }
 
+/// A bucket with more entities than one read of it returns (Redis reads a
+/// bucket in slices of 10,000), written in two batches whose counts add up.
+pub async fn activity_top_k_over_many_entities(h: &impl Harness) {
+    let store = h.store();
+    let now = SystemTime::now();
+    let n = 25_000usize;
+    let count = |i: usize| (i * 7919 % 1000) as u64 + 1;
+    let first: Vec<(String, u64)> = (0..n).map(|i| (format!("e{i:05}"), count(i))).collect();
+    store.record_activity_counts(&first, now).await.unwrap();
+    // Again for every third entity: those counts double.
+    let again: Vec<(String, u64)> = first.iter().step_by(3).cloned().collect();
+    store.record_activity_counts(&again, now).await.unwrap();
+
+    let mut want: Vec<(String, u64)> = (0..n)
+        .map(|i| {
+            let c = if i % 3 == 0 { 2 * count(i) } else { count(i) };
+            (format!("e{i:05}"), c)
+        })
+        .collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for k in [1, 40, 333] {
+        let top = store.top_active(k, HOUR, now).await.unwrap();
+        let got: Vec<(String, u64)> = top.into_iter().map(|e| (e.entity, e.count)).collect();
+        assert_eq!(got, want[..k], "top {k}");
+    }
+    let all = store.top_active(n + 10, HOUR, now).await.unwrap();
+    assert_eq!(all.len(), n, "every entity once");
+    assert_eq!(
+        all.iter().map(|e| e.count).sum::<u64>(),
+        want.iter().map(|w| w.1).sum::<u64>()
+    );
+}
+
 pub async fn ping_answers(h: &impl Harness) {
     let store = h.store();
     store.ping().await.unwrap();
@@ -312,6 +345,11 @@ macro_rules! store_suite {
         async fn activity_top_k() {
             suite::activity_top_k(&$harness).await;
         }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn activity_top_k_over_many_entities() {
+            suite::activity_top_k_over_many_entities(&$harness).await;
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn ping_answers() {
             suite::ping_answers(&$harness).await;
