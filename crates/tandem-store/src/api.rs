@@ -155,8 +155,19 @@ pub(crate) fn top_k(
         .into_iter()
         .map(|(entity, count)| ActiveEntity { entity, count })
         .collect();
-    all.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.entity.cmp(&b.entity)));
-    all.truncate(k);
+    let order = |a: &ActiveEntity, b: &ActiveEntity| {
+        b.count.cmp(&a.count).then_with(|| a.entity.cmp(&b.entity))
+    };
+    // The k first without sorting the rest (a Redis top-K ranks every
+    // entity of the window here).
+    if k == 0 {
+        return Vec::new();
+    }
+    if all.len() > k {
+        all.select_nth_unstable_by(k - 1, order);
+        all.truncate(k);
+    }
+    all.sort_unstable_by(order);
     all
 }
 
