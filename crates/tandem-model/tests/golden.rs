@@ -237,3 +237,49 @@ fn large_batches_run_in_chunks_and_agree_with_small_batches() {
         }
     }
 }
+
+#[test]
+fn single_rows_score_exactly_as_their_batch() {
+    // A row scored alone takes other kernels than a batch (tree ensembles
+    // scan the QuickScorer layout instead of walking in lock-step); every
+    // row of every converter fixture, alone, gives its batch's prediction.
+    let mut checked = 0;
+    for dir in std::fs::read_dir(fixtures().join("models")).unwrap() {
+        let v = dir.unwrap().path().join("1");
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(v.join("reference.json")).unwrap())
+                .unwrap();
+        let model = Model::load(v.join("model.onnx")).unwrap();
+        let rows: Vec<Vec<f32>> = r["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let row = row.as_array().unwrap();
+                row.iter()
+                    .map(|v| v.as_f64().map_or(f32::NAN, |x| x as f32))
+                    .collect()
+            })
+            .collect();
+        let batch = model
+            .predict(&FeatureBatch::from_rows(&rows).unwrap())
+            .unwrap();
+        let w = batch.values().len() / rows.len();
+        for (i, row) in rows.iter().enumerate() {
+            let alone = model
+                .predict(&FeatureBatch::from_rows(std::slice::from_ref(row)).unwrap())
+                .unwrap();
+            assert_eq!(
+                alone.values(),
+                &batch.values()[i * w..(i + 1) * w],
+                "{}: row {i}",
+                v.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 12,
+        "expected every converter fixture, found {checked}"
+    );
+}

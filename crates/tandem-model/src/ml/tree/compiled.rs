@@ -12,6 +12,7 @@
 //! Where NaN must go is a per-node bit, since the normalisation changes
 //! which side a failed comparison lands on.
 
+use super::bitvector::Bitvectors;
 use super::spec::{Aggregate, EnsembleSpec, Mode, SpecNode};
 
 /// Set in [`Node::feature`] when a NaN input takes `children[0]`.
@@ -67,6 +68,8 @@ pub struct CompiledEnsemble {
     leaf_single: Option<Vec<f32>>,
     kernel: Kernel,
     nan_bits: bool,
+    /// The QuickScorer layout, when it is expected to beat the walk.
+    bitvectors: Option<Bitvectors>,
     n_targets: usize,
     aggregate: Aggregate,
     min_features: usize,
@@ -114,6 +117,7 @@ impl CompiledEnsemble {
             leaf_single: None,
             kernel,
             nan_bits: false,
+            bitvectors: None,
             n_targets: spec.n_targets,
             aggregate: spec.aggregate,
             min_features: spec.max_feature().map_or(0, |f| f as usize + 1),
@@ -129,7 +133,35 @@ impl CompiledEnsemble {
         if single && spec.n_targets == 1 {
             out.leaf_single = Some(out.leaf_entries.iter().map(|&(_, w)| w).collect());
         }
+        // A row scans about half the branches; a one-row walk waits on about
+        // three dependent loads per level. Past 8 branches per level of depth
+        // (the 200-tree depth-6 ensemble: 9.5) the two measured even.
+        let levels: u32 = out.trees.iter().map(|t| t.depth).sum();
+        out.bitvectors = out
+            .build_bitvectors()
+            .filter(|bv| bv.n_branches() <= 8 * levels as usize);
         Ok(out)
+    }
+
+    /// The QuickScorer layout, when the trees suit it.
+    fn build_bitvectors(&self) -> Option<Bitvectors> {
+        if self.kernel == Kernel::Generic {
+            return None;
+        }
+        let nodes = &self.nodes;
+        Bitvectors::build(
+            |i| {
+                let n = nodes[i as usize];
+                (n.children != [i, i]).then_some((
+                    n.feature & FEATURE_MASK,
+                    n.threshold,
+                    n.children,
+                ))
+            },
+            |i| nodes[i as usize].threshold.to_bits(),
+            self.trees.iter().map(|t| t.root),
+            self.min_features,
+        )
     }
 
     fn add_tree(&mut self, spec: &[SpecNode]) -> Result<(), String> {
@@ -251,6 +283,7 @@ impl CompiledEnsemble {
             + self.leaf_entries.len() * 8
             + self.leaf_single.as_ref().map_or(0, |v| v.len() * 4)
             + self.trees.len() * size_of::<Tree>()
+            + self.bitvectors.as_ref().map_or(0, Bitvectors::heap_bytes)
     }
 
     /// Scores `rows` rows of `width` features (row-major `x`).
@@ -272,11 +305,13 @@ impl CompiledEnsemble {
             has: vec![false; rows * t],
         };
         match (self.kernel, self.nan_bits) {
-            (Kernel::Leq, false) => self.eval_with::<LeqStep<false>>(x, rows, width, &mut out),
-            (Kernel::Leq, true) => self.eval_with::<LeqStep<true>>(x, rows, width, &mut out),
-            (Kernel::Lt, false) => self.eval_with::<LtStep<false>>(x, rows, width, &mut out),
-            (Kernel::Lt, true) => self.eval_with::<LtStep<true>>(x, rows, width, &mut out),
-            (Kernel::Generic, _) => self.eval_with::<GenericStep>(x, rows, width, &mut out),
+            (Kernel::Leq, false) => {
+                self.eval_with::<LeqStep<false>, false>(x, rows, width, &mut out)
+            }
+            (Kernel::Leq, true) => self.eval_with::<LeqStep<true>, false>(x, rows, width, &mut out),
+            (Kernel::Lt, false) => self.eval_with::<LtStep<false>, true>(x, rows, width, &mut out),
+            (Kernel::Lt, true) => self.eval_with::<LtStep<true>, true>(x, rows, width, &mut out),
+            (Kernel::Generic, _) => self.eval_with::<GenericStep, false>(x, rows, width, &mut out),
         }
         if self.aggregate == Aggregate::Average {
             let n = self.trees.len() as f64;
@@ -285,24 +320,53 @@ impl CompiledEnsemble {
         Ok(out)
     }
 
-    fn eval_with<S: Step>(&self, x: &[f32], rows: usize, width: usize, out: &mut RawScores) {
+    /// Tiles of [`TILE`] rows; in each, every tree walks groups of
+    /// [`LANES`] rows in lock-step. Rows left over (a batch smaller than the
+    /// lanes, or a tile's tail) are scored one at a time, with the
+    /// QuickScorer layout when there is one: a single row's walk waits on
+    /// every load in turn, the scan does not. `STRICT` is the `x < t`
+    /// kernel, for the scan.
+    fn eval_with<S: Step, const STRICT: bool>(
+        &self,
+        x: &[f32],
+        rows: usize,
+        width: usize,
+        out: &mut RawScores,
+    ) {
         let mut leaves = [0u32; LANES];
+        let mut row_leaves = Vec::new();
+        let mut words = Vec::new();
         for tile_start in (0..rows).step_by(TILE) {
             let tile_end = (tile_start + TILE).min(rows);
+            let tail = tile_start + (tile_end - tile_start) / LANES * LANES;
             for tree in &self.trees {
-                let mut r = tile_start;
-                while r + LANES <= tile_end {
+                for r in (tile_start..tail).step_by(LANES) {
                     self.walk::<S, LANES>(tree, x, r * width, width, &mut leaves);
                     for (k, &leaf) in leaves.iter().enumerate() {
                         self.accumulate(leaf, r + k, out);
                     }
-                    r += LANES;
                 }
-                while r < tile_end {
-                    let mut one = [0u32; 1];
-                    self.walk::<S, 1>(tree, x, r * width, width, &mut one);
-                    self.accumulate(one[0], r, out);
-                    r += 1;
+            }
+            for r in tail..tile_end {
+                let row = &x[r * width..(r + 1) * width];
+                match &self.bitvectors {
+                    // Each row's leaves are accumulated in tree order, as
+                    // the walk does, so both give the same sums to the bit.
+                    Some(bv) if !row.iter().any(|v| v.is_nan()) => {
+                        row_leaves.resize(self.trees.len(), 0);
+                        words.resize(self.trees.len(), 0);
+                        bv.leaves::<STRICT>(row, &mut words, &mut row_leaves);
+                        for &leaf in &row_leaves {
+                            self.accumulate(leaf, r, out);
+                        }
+                    }
+                    _ => {
+                        for tree in &self.trees {
+                            let mut one = [0u32; 1];
+                            self.walk::<S, 1>(tree, x, r * width, width, &mut one);
+                            self.accumulate(one[0], r, out);
+                        }
+                    }
                 }
             }
         }
@@ -594,6 +658,193 @@ mod tests {
             let stump = if w <= 0.5 { 10.0 } else { -10.0 };
             assert_eq!(got.scores[r], comb + stump, "row {r}: x = {v}");
         }
+    }
+
+    /// A small deterministic generator (xorshift) for the random trees.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const GRID: [f32; 7] = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0];
+
+    /// Random unbalanced trees over `features` features, every branch
+    /// with one of `modes`, thresholds on [`GRID`] so inputs hit them.
+    fn random_spec(rng: &mut Rng, trees: usize, depth: usize, modes: &[Mode]) -> EnsembleSpec {
+        fn grow(
+            rng: &mut Rng,
+            nodes: &mut Vec<SpecNode>,
+            d: usize,
+            depth: usize,
+            modes: &[Mode],
+        ) -> usize {
+            let me = nodes.len();
+            nodes.push(SpecNode::Leaf(vec![(0, rng.below(1000) as f32 / 8.0)]));
+            if d == depth || (d > 0 && rng.below(4) == 0) {
+                return me;
+            }
+            let (feature, mode) = (rng.below(5) as u32, modes[rng.below(modes.len())]);
+            let (threshold, mtt) = (GRID[rng.below(GRID.len())], rng.below(2) == 0);
+            let if_true = grow(rng, nodes, d + 1, depth, modes);
+            let if_false = grow(rng, nodes, d + 1, depth, modes);
+            nodes[me] = SpecNode::Branch {
+                feature,
+                mode,
+                threshold,
+                members: vec![],
+                missing_tracks_true: mtt,
+                if_true,
+                if_false,
+            };
+            me
+        }
+        EnsembleSpec {
+            trees: (0..trees)
+                .map(|_| {
+                    let mut nodes = Vec::new();
+                    grow(rng, &mut nodes, 0, depth, modes);
+                    SpecTree { nodes }
+                })
+                .collect(),
+            n_targets: 1,
+            aggregate: Aggregate::Sum,
+        }
+    }
+
+    /// The definition: walk the spec node by node.
+    fn reference(spec: &EnsembleSpec, row: &[f32]) -> f64 {
+        let mut sum = 0.0;
+        for tree in &spec.trees {
+            let mut i = 0;
+            while let SpecNode::Branch {
+                feature,
+                mode,
+                threshold,
+                missing_tracks_true,
+                if_true,
+                if_false,
+                ..
+            } = &tree.nodes[i]
+            {
+                let v = row[*feature as usize];
+                let goes_true = if v.is_nan() {
+                    mode.nan_goes_true(*missing_tracks_true)
+                } else {
+                    mode.test(v, *threshold, &[])
+                };
+                i = if goes_true { *if_true } else { *if_false };
+            }
+            if let SpecNode::Leaf(w) = &tree.nodes[i] {
+                sum += f64::from(w[0].1);
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn bitvectors_reach_the_walks_leaves_in_both_kernels() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let values = [-3.0, f32::NEG_INFINITY, f32::INFINITY, f32::NAN, 0.25];
+        for modes in [&[Mode::Leq, Mode::Gt][..], &[Mode::Lt, Mode::Gte][..]] {
+            for depth in [1, 3, 6] {
+                let spec = random_spec(&mut rng, 12, depth, modes);
+                let walk = {
+                    let mut e = CompiledEnsemble::compile(&spec).unwrap();
+                    e.bitvectors = None;
+                    e
+                };
+                let mut quick = walk.clone();
+                quick.bitvectors = walk.build_bitvectors();
+                assert!(quick.bitvectors.is_some(), "depth {depth} fits 64 leaves");
+                assert_ne!(quick.kernel, Kernel::Generic);
+                let rows = 300;
+                let x: Vec<f32> = (0..rows * 5)
+                    .map(|_| match rng.below(20) {
+                        0 => values[rng.below(values.len())],
+                        _ => GRID[rng.below(GRID.len())],
+                    })
+                    .collect();
+                let (walked, mixed) = (
+                    walk.eval(&x, rows, 5).unwrap(),
+                    quick.eval(&x, rows, 5).unwrap(),
+                );
+                for r in 0..rows {
+                    let row = &x[r * 5..r * 5 + 5];
+                    let want = reference(&spec, row);
+                    // One row alone is scored with the bitvectors (or walks
+                    // when it holds a NaN).
+                    let alone = quick.eval(row, 1, 5).unwrap().scores[0];
+                    assert_eq!(
+                        alone, want,
+                        "bitvectors, {modes:?} depth {depth} row {row:?}"
+                    );
+                    assert_eq!(
+                        walked.scores[r], want,
+                        "walk, {modes:?} depth {depth} row {row:?}"
+                    );
+                    assert_eq!(
+                        mixed.scores[r], want,
+                        "mixed, {modes:?} depth {depth} row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn trees_with_more_than_64_leaves_keep_the_walk() {
+        let spec = |depth| EnsembleSpec {
+            trees: vec![complete_tree(depth)],
+            n_targets: 1,
+            aggregate: Aggregate::Sum,
+        };
+        // 128 leaves, then 64.
+        let e = CompiledEnsemble::compile(&spec(7)).unwrap();
+        assert!(e.build_bitvectors().is_none());
+        let e = CompiledEnsemble::compile(&spec(6)).unwrap();
+        assert!(e.build_bitvectors().is_some());
+        // Compiling keeps them only where a scan should beat a one-row
+        // walk: 63 branches over 6 levels are too many, 3 over 2 are not.
+        assert!(e.bitvectors.is_none());
+        assert!(
+            CompiledEnsemble::compile(&spec(2))
+                .unwrap()
+                .bitvectors
+                .is_some()
+        );
+    }
+
+    /// A complete tree of `depth` levels of branches on feature 0.
+    fn complete_tree(depth: usize) -> SpecTree {
+        let mut nodes = Vec::new();
+        fn grow(nodes: &mut Vec<SpecNode>, d: usize, depth: usize) -> usize {
+            let me = nodes.len();
+            nodes.push(SpecNode::Leaf(vec![(0, me as f32)]));
+            if d < depth {
+                let if_true = grow(nodes, d + 1, depth);
+                let if_false = grow(nodes, d + 1, depth);
+                nodes[me] = SpecNode::Branch {
+                    feature: 0,
+                    mode: Mode::Leq,
+                    threshold: d as f32,
+                    members: vec![],
+                    missing_tracks_true: false,
+                    if_true,
+                    if_false,
+                };
+            }
+            me
+        }
+        grow(&mut nodes, 0, depth);
+        SpecTree { nodes }
     }
 
     #[test]

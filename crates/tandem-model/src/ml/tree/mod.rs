@@ -3,6 +3,7 @@
 //! layout ([`compiled`]) and finished as onnxruntime finishes them
 //! ([`finalize`]).
 
+pub mod bitvector;
 pub mod compiled;
 pub mod finalize;
 pub mod spec;
