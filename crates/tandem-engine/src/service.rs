@@ -779,10 +779,23 @@ impl Engine {
         batch: FeatureBatch,
         deadline: Option<Duration>,
     ) -> Result<Inferred, EngineError> {
+        let model = self.models.repository().get(model, version)?;
+        self.infer_with(model, batch, deadline).await
+    }
+
+    /// [`Self::infer`] on a model version the caller already holds: a
+    /// handler that resolved the version to check the request against it
+    /// runs that same version, even if a newer one has been swapped in and
+    /// this one unloaded meanwhile (the `Arc` keeps it alive until done).
+    pub async fn infer_with(
+        &self,
+        model: Arc<Model>,
+        batch: FeatureBatch,
+        deadline: Option<Duration>,
+    ) -> Result<Inferred, EngineError> {
         self.in_flight.add(1);
         let _done = InFlight(&self.in_flight);
         self.stats.infer();
-        let model = self.models.repository().get(model, version)?;
         if batch.width() != model.width() {
             return Err(EngineError::InvalidInput(format!(
                 "the model takes {} features per row, got {}",
@@ -874,6 +887,58 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_version_still_runs_after_a_newer_one_unloads_it() {
+        // A protocol handler resolves the version, checks the request
+        // against it, then runs it; a swap in between must not fail it.
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models");
+        let add = |version: u64, fixture: &str| {
+            let to = dir.path().join("repo/churn").join(version.to_string());
+            std::fs::create_dir_all(&to).unwrap();
+            std::fs::copy(
+                fixtures.join(fixture).join("1/model.onnx"),
+                to.join("model.onnx"),
+            )
+            .unwrap();
+        };
+        add(1, "xgboost_regressor");
+        let repo = tandem_model::ModelRepository::open(
+            dir.path().join("repo"),
+            tandem_model::VersionPolicy::default(),
+        )
+        .unwrap();
+        let models = Models::new(repo, BTreeMap::new(), 0, None).unwrap();
+        let store = tandem_store::open(dir.path().join("s.redb").to_str().unwrap()).unwrap();
+        let engine = Engine::new(EngineConfig::default(), models, store, None);
+        let held = engine
+            .models()
+            .repository()
+            .get("churn", &VersionSpec::Latest)
+            .unwrap();
+        assert_eq!(held.version(), 1);
+        add(2, "lightgbm_regressor");
+        let report = engine.models().reload();
+        assert_eq!(report.unloaded, vec![("churn".to_string(), 1)]);
+        // Asked for by number, version 1 is gone ...
+        let one = FeatureBatch::new(vec![0.5; 8], 8).unwrap();
+        let by_number = engine.infer("churn", &VersionSpec::Number(1), one, None);
+        assert!(
+            matches!(by_number.await, Err(EngineError::UnknownVersion(_))),
+            "version 1 should be unloaded"
+        );
+        // ... but the handler that holds it runs it.
+        let batch = FeatureBatch::new(vec![0.5; 16], 8).unwrap();
+        let want = held.predict(&batch).unwrap();
+        let got = engine.infer_with(held.clone(), batch, None).await.unwrap();
+        assert_eq!(got.model.version(), 1);
+        let tandem_model::OutputData::F32(values) = &got.outputs[0].data else {
+            panic!("float output expected: {:?}", got.outputs[0]);
+        };
+        assert_eq!(&values[..], want.values());
+    }
 
     fn record(model: &str, version: u64) -> PredictionRecord {
         PredictionRecord {

@@ -361,12 +361,7 @@ async fn run_infer(
     }
     let inferred = state
         .engine
-        .infer(
-            model_name,
-            &VersionSpec::Number(model.version()),
-            batch,
-            deadline,
-        )
+        .infer_with(model.clone(), batch, deadline)
         .await
         .map_err(|e| ApiError::new(P, e))?;
     let selected: Vec<(&OutputTensor, bool)> = match &wanted {

@@ -287,7 +287,7 @@ async fn predict(state: &AppState, t: &Target, body: &[u8]) -> Result<Response, 
     let rows = batch.rows();
     let inferred = state
         .engine
-        .infer(&t.model, &VersionSpec::Number(model.version()), batch, None)
+        .infer_with(model.clone(), batch, None)
         .await
         .map_err(|e| ApiError::new(P, e))?;
     let outputs: &[OutputTensor] = &inferred.outputs;
