@@ -13,8 +13,9 @@
 //! to clear the state as it returns, so the slow-down came and went with
 //! whatever ran next.
 //!
-//! [`clear_upper_state`] runs after every plan run (`Model::run_raw`). It
-//! is the workspace's one use of `unsafe`.
+//! [`clear_upper_state`] runs after every plan run (`Model::run_raw`). The
+//! workspace's other `unsafe` is the tree walk's unchecked reads
+//! (`ml/tree/compiled.rs`), whose bounds `CompiledEnsemble::compile` proves.
 
 /// Clears the upper halves of the YMM/ZMM registers (`vzeroupper`) when the
 /// CPU has AVX; a no-op elsewhere.

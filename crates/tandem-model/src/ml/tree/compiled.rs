@@ -22,6 +22,9 @@ const FEATURE_MASK: u32 = !NAN_TO_FIRST;
 const LANES: usize = 8;
 /// Rows whose accumulators stay hot while every tree is walked.
 const TILE: usize = 64;
+/// The deepest tree kept in the complete layout (1,023 tests and 1,024
+/// leaf slots, 12 KiB).
+const COMPLETE_MAX_DEPTH: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
@@ -43,6 +46,20 @@ struct Tree {
     /// The shallowest leaf's depth: every walk takes at least this many
     /// steps, so none need a leaf test.
     min_leaf: u32,
+    /// Where the tree's complete layout starts in
+    /// [`CompiledEnsemble::tests`] and [`CompiledEnsemble::slots`], when it
+    /// has one.
+    complete: Option<(u32, u32)>,
+}
+
+/// A branch of the complete layout: the test alone, since the children of
+/// test `i` are `2i + 1` and `2i + 2`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+struct Test {
+    threshold: f32,
+    /// Feature index, with [`NAN_TO_FIRST`].
+    feature: u32,
 }
 
 /// Which comparison every branch uses after normalisation.
@@ -59,6 +76,16 @@ pub struct CompiledEnsemble {
     nodes: Vec<Node>,
     /// Per-node mode, used by the generic kernel only.
     modes: Vec<Mode>,
+    /// The complete layout of the trees that have one (VPred, Asadi et al.,
+    /// TKDE 2014): a tree of depth `d` as `2^d - 1` tests in breadth-first
+    /// order, every leaf above the last level pushed down to it (the
+    /// tests under it go either way to copies of it), so a walk is `d`
+    /// steps of `i = 2i + 1 + failed` with no child to load and no leaf to
+    /// detect. Used for balanced trees, where the linked walk would take
+    /// about as many steps.
+    tests: Vec<Test>,
+    /// The leaf index under each last-level slot of a complete tree.
+    slots: Vec<u32>,
     member_sets: Vec<Vec<f32>>,
     trees: Vec<Tree>,
     leaf_offsets: Vec<u32>,
@@ -110,6 +137,8 @@ impl CompiledEnsemble {
         let mut out = CompiledEnsemble {
             nodes: vec![],
             modes: vec![],
+            tests: vec![],
+            slots: vec![],
             member_sets: vec![],
             trees: vec![],
             leaf_offsets: vec![0],
@@ -127,6 +156,18 @@ impl CompiledEnsemble {
         }
         if out.nodes.len() > FEATURE_MASK as usize {
             return Err("too many nodes".into());
+        }
+        // The walks read nodes and feature values without bounds checks
+        // (`node`, `value`); these are the facts that makes that sound.
+        let n = out.nodes.len();
+        for (i, node) in out.nodes.iter().enumerate() {
+            if node.children.iter().any(|&c| c as usize >= n) {
+                return Err(format!("node {i} has a child outside the ensemble"));
+            }
+            let is_leaf = node.children == [i as u32; 2];
+            if !is_leaf && (node.feature & FEATURE_MASK) as usize >= out.min_features {
+                return Err(format!("node {i} reads a feature past the widest one"));
+            }
         }
         let single = out.leaf_offsets.windows(2).all(|w| w[1] - w[0] == 1)
             && out.leaf_entries.iter().all(|&(t, _)| t == 0);
@@ -174,11 +215,14 @@ impl CompiledEnsemble {
         let mut depth = vec![0u32; spec.len()];
         let mut max_depth = 0;
         let mut min_leaf = u32::MAX;
+        let (mut leaves, mut leaf_depths) = (0u64, 0u64);
         for (i, node) in spec.iter().enumerate() {
             let me = to_global(i)?;
             match node {
                 SpecNode::Leaf(weights) => {
                     min_leaf = min_leaf.min(depth[i]);
+                    leaves += 1;
+                    leaf_depths += u64::from(depth[i]);
                     let leaf = (self.leaf_offsets.len() - 1) as u32;
                     self.leaf_entries.extend_from_slice(weights);
                     self.leaf_offsets.push(self.leaf_entries.len() as u32);
@@ -242,12 +286,58 @@ impl CompiledEnsemble {
                 }
             }
         }
+        let root = to_global(0)?;
+        // Complete when the lock-step walk would take about as many steps
+        // anyway: the leaves' mean depth is at least 3/4 of the deepest
+        // (random forests, XGBoost and scikit-learn's depth-limited
+        // trees), and the doubling per level stays small.
+        let balanced = leaf_depths * 4 >= leaves * 3 * u64::from(max_depth);
+        let complete =
+            (self.kernel != Kernel::Generic && max_depth <= COMPLETE_MAX_DEPTH && balanced)
+                .then(|| self.add_complete(root, max_depth));
         self.trees.push(Tree {
-            root: to_global(0)?,
+            root,
             depth: max_depth,
             min_leaf: min_leaf.min(max_depth),
+            complete,
         });
         Ok(())
+    }
+
+    /// Lays out the linked tree at `root` (already added) completely.
+    fn add_complete(&mut self, root: u32, depth: u32) -> (u32, u32) {
+        let at = (self.tests.len() as u32, self.slots.len() as u32);
+        let inner = (1usize << depth) - 1;
+        // Tests under a leaf read feature 0 either way: both halves below
+        // hold the leaf.
+        let (tests, slots) = (self.tests.len(), self.slots.len());
+        self.tests.resize(
+            tests + inner,
+            Test {
+                threshold: 0.0,
+                feature: 0,
+            },
+        );
+        self.slots.resize(slots + inner + 1, 0);
+        let mut stack = vec![(root, 0usize, 0u32)];
+        while let Some((i, pos, level)) = stack.pop() {
+            let node = self.nodes[i as usize];
+            if node.children == [i, i] {
+                // The slots under position `pos` of level `level`.
+                let below = depth - level;
+                let first = ((pos + 1) << below) - (1 << depth);
+                self.slots[slots + first..slots + first + (1 << below)]
+                    .fill(node.threshold.to_bits());
+            } else {
+                self.tests[tests + pos] = Test {
+                    threshold: node.threshold,
+                    feature: node.feature,
+                };
+                stack.push((node.children[0], 2 * pos + 1, level + 1));
+                stack.push((node.children[1], 2 * pos + 2, level + 1));
+            }
+        }
+        at
     }
 
     /// Number of trees.
@@ -279,6 +369,8 @@ impl CompiledEnsemble {
     pub fn heap_bytes(&self) -> usize {
         self.nodes.len() * size_of::<Node>()
             + self.modes.len()
+            + self.tests.len() * size_of::<Test>()
+            + self.slots.len() * 4
             + self.leaf_offsets.len() * 4
             + self.leaf_entries.len() * 8
             + self.leaf_single.as_ref().map_or(0, |v| v.len() * 4)
@@ -341,7 +433,7 @@ impl CompiledEnsemble {
             let tail = tile_start + (tile_end - tile_start) / LANES * LANES;
             for tree in &self.trees {
                 for r in (tile_start..tail).step_by(LANES) {
-                    self.walk::<S, LANES>(tree, x, r * width, width, &mut leaves);
+                    self.walk_any::<S, LANES>(tree, x, r * width, width, &mut leaves);
                     for (k, &leaf) in leaves.iter().enumerate() {
                         self.accumulate(leaf, r + k, out);
                     }
@@ -363,12 +455,62 @@ impl CompiledEnsemble {
                     _ => {
                         for tree in &self.trees {
                             let mut one = [0u32; 1];
-                            self.walk::<S, 1>(tree, x, r * width, width, &mut one);
+                            self.walk_any::<S, 1>(tree, x, r * width, width, &mut one);
                             self.accumulate(one[0], r, out);
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Walks `L` rows through `tree` in whichever layout it has.
+    #[inline(always)]
+    fn walk_any<S: Step, const L: usize>(
+        &self,
+        tree: &Tree,
+        x: &[f32],
+        first_row: usize,
+        width: usize,
+        leaves: &mut [u32; L],
+    ) {
+        match tree.complete {
+            Some(at) if S::COMPLETE => {
+                self.walk_complete::<S, L>(at, tree.depth, x, first_row, width, leaves)
+            }
+            _ => self.walk::<S, L>(tree, x, first_row, width, leaves),
+        }
+    }
+
+    /// `depth` steps through the complete layout at `at`.
+    #[inline(always)]
+    fn walk_complete<S: Step, const L: usize>(
+        &self,
+        (tests, slots): (u32, u32),
+        depth: u32,
+        x: &[f32],
+        first_row: usize,
+        width: usize,
+        leaves: &mut [u32; L],
+    ) {
+        let inner = (1usize << depth) - 1;
+        let tests = &self.tests[tests as usize..tests as usize + inner];
+        let mut idx = [0usize; L];
+        for _ in 0..depth {
+            for (k, i) in idx.iter_mut().enumerate() {
+                debug_assert!(*i < tests.len());
+                #[allow(unsafe_code)]
+                // SAFETY: before step `s` (from 0) every position lies on
+                // level `s`, below `2^(s+1) - 1`; steps run for `s < depth`,
+                // so below `2^depth - 1 = tests.len()`.
+                let test = unsafe { tests.get_unchecked(*i) };
+                let v = value(x, first_row + k * width, test.feature);
+                *i = 2 * *i + 1 + usize::from(!S::holds(v, test.threshold, test.feature));
+            }
+        }
+        let slots = &self.slots[slots as usize..slots as usize + inner + 1];
+        for (leaf, &i) in leaves.iter_mut().zip(&idx) {
+            *leaf = slots[i - inner];
         }
     }
 
@@ -389,16 +531,32 @@ impl CompiledEnsemble {
         // Unbalanced trees (LightGBM's leaf-wise growth, random forests):
         // past that, stop at the first step that moves no lane (a leaf is
         // its own child) rather than walking the deepest path's length.
-        // Comparing the lanes' positions needs no load.
+        // Comparing the lanes' positions needs no load; the moves are
+        // folded in registers as the lanes step (comparing with a copy of
+        // the array went through the stack and stalled on store forwarding).
         for _ in tree.min_leaf..tree.depth {
-            let before = idx;
-            self.step_lanes::<S, L>(&mut idx, x, first_row, width);
-            if idx == before {
+            if self.step_lanes::<S, L>(&mut idx, x, first_row, width) == 0 {
                 break;
             }
         }
         for (leaf, &i) in leaves.iter_mut().zip(&idx) {
-            *leaf = self.nodes[i as usize].threshold.to_bits();
+            *leaf = self.node(i).threshold.to_bits();
+        }
+    }
+
+    /// The node at `i`, without a bounds check: the check and its branch
+    /// cost the lock-step walk about a quarter of its speed (measured on
+    /// machine C), and `compile` has proved the bound once for all walks.
+    #[inline(always)]
+    fn node(&self, i: u32) -> &Node {
+        debug_assert!((i as usize) < self.nodes.len());
+        #[allow(unsafe_code)]
+        // SAFETY: walks start at a tree's root (an index `add_tree` pushed)
+        // and move only to `children` of a node, and `compile` refuses an
+        // ensemble with a child index at or past `nodes.len()`; `nodes` is
+        // never changed after `compile`.
+        unsafe {
+            self.nodes.get_unchecked(i as usize)
         }
     }
 
@@ -409,11 +567,15 @@ impl CompiledEnsemble {
         x: &[f32],
         first_row: usize,
         width: usize,
-    ) {
+    ) -> u32 {
+        let mut moved = 0;
         for (k, i) in idx.iter_mut().enumerate() {
-            let node = &self.nodes[*i as usize];
-            *i = S::step(self, *i, node, x, first_row + k * width);
+            let node = self.node(*i);
+            let next = S::step(self, *i, node, x, first_row + k * width);
+            moved |= next ^ *i;
+            *i = next;
         }
+        moved
     }
 
     #[inline(always)]
@@ -452,9 +614,34 @@ impl CompiledEnsemble {
     }
 }
 
+/// The value `node` tests, from the row starting at `row`, without a
+/// bounds check (see [`CompiledEnsemble::node`] for why).
+#[inline(always)]
+fn value(x: &[f32], row: usize, feature: u32) -> f32 {
+    let at = row + (feature & FEATURE_MASK) as usize;
+    debug_assert!(at < x.len());
+    #[allow(unsafe_code)]
+    // SAFETY: the only caller is a walk inside `CompiledEnsemble::eval`,
+    // which has checked `x.len() == rows * width` and
+    // `width >= min_features`, and walks rows below `rows`, so `row` is
+    // `r * width` with `r < rows`. `compile` has checked that every branch
+    // reads a feature below `min_features`; a leaf (and a complete tree's
+    // test under a leaf) reads feature 0, and a walk only steps through a
+    // tree that has a branch, so then `min_features >= 1` and feature 0
+    // lies inside the row too. `add_complete` copies features from branches.
+    unsafe {
+        *x.get_unchecked(at)
+    }
+}
+
 /// One step of a walk: the next node index.
 trait Step {
+    /// Whether the kernel walks complete trees ([`Step::holds`] works).
+    const COMPLETE: bool;
     fn step(e: &CompiledEnsemble, idx: u32, node: &Node, x: &[f32], row: usize) -> u32;
+    /// Whether the normalised test with `threshold` and `feature` (with its
+    /// NaN bit) holds for `v`.
+    fn holds(v: f32, threshold: f32, feature: u32) -> bool;
 }
 
 struct LeqStep<const NAN: bool>;
@@ -462,30 +649,45 @@ struct LtStep<const NAN: bool>;
 struct GenericStep;
 
 impl<const NAN: bool> Step for LeqStep<NAN> {
+    const COMPLETE: bool = true;
     #[inline(always)]
     fn step(_: &CompiledEnsemble, _: u32, node: &Node, x: &[f32], row: usize) -> u32 {
-        let v = x[row + (node.feature & FEATURE_MASK) as usize];
-        let mut first = v <= node.threshold;
+        let v = value(x, row, node.feature);
+        node.children[usize::from(!Self::holds(v, node.threshold, node.feature))]
+    }
+    #[inline(always)]
+    fn holds(v: f32, threshold: f32, feature: u32) -> bool {
+        let mut first = v <= threshold;
         if NAN {
-            first |= v.is_nan() & (node.feature & NAN_TO_FIRST != 0);
+            first |= v.is_nan() & (feature & NAN_TO_FIRST != 0);
         }
-        node.children[usize::from(!first)]
+        first
     }
 }
 
 impl<const NAN: bool> Step for LtStep<NAN> {
+    const COMPLETE: bool = true;
     #[inline(always)]
     fn step(_: &CompiledEnsemble, _: u32, node: &Node, x: &[f32], row: usize) -> u32 {
-        let v = x[row + (node.feature & FEATURE_MASK) as usize];
-        let mut first = v < node.threshold;
+        let v = value(x, row, node.feature);
+        node.children[usize::from(!Self::holds(v, node.threshold, node.feature))]
+    }
+    #[inline(always)]
+    fn holds(v: f32, threshold: f32, feature: u32) -> bool {
+        let mut first = v < threshold;
         if NAN {
-            first |= v.is_nan() & (node.feature & NAN_TO_FIRST != 0);
+            first |= v.is_nan() & (feature & NAN_TO_FIRST != 0);
         }
-        node.children[usize::from(!first)]
+        first
     }
 }
 
 impl Step for GenericStep {
+    /// Its tests need the node's mode, which a complete layout drops.
+    const COMPLETE: bool = false;
+    fn holds(_: f32, _: f32, _: u32) -> bool {
+        unreachable!("the generic kernel never builds a complete layout")
+    }
     #[inline(always)]
     fn step(e: &CompiledEnsemble, idx: u32, node: &Node, x: &[f32], row: usize) -> u32 {
         let v = x[row + (node.feature & FEATURE_MASK) as usize];
@@ -851,5 +1053,85 @@ mod tests {
     fn narrow_rows_are_refused() {
         let e = CompiledEnsemble::compile(&stump(Mode::Leq, 0.0, false)).unwrap();
         assert!(e.eval(&[0.0], 1, 1).unwrap_err().contains("feature 1"));
+    }
+
+    #[test]
+    fn complete_layouts_reach_the_definitions_leaves() {
+        // Unbalanced random trees laid out completely whatever the balance
+        // rule says (their shallow leaves are pushed down through tests),
+        // walked in groups of 8 and alone, against the spec node by node,
+        // with NaN and infinities, in both kernels and with the NaN bits.
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let values = [-3.0, f32::NEG_INFINITY, f32::INFINITY, f32::NAN, 0.25];
+        for modes in [&[Mode::Leq, Mode::Gt][..], &[Mode::Lt, Mode::Gte][..]] {
+            for depth in [1, 2, 5, 9] {
+                let spec = random_spec(&mut rng, 10, depth, modes);
+                let mut e = CompiledEnsemble::compile(&spec).unwrap();
+                e.bitvectors = None;
+                for t in 0..e.trees.len() {
+                    let (root, depth) = (e.trees[t].root, e.trees[t].depth);
+                    e.trees[t].complete = Some(e.add_complete(root, depth));
+                }
+                let mut linked = e.clone();
+                linked.trees.iter_mut().for_each(|t| t.complete = None);
+                let rows = 203;
+                let x: Vec<f32> = (0..rows * 5)
+                    .map(|_| match rng.below(12) {
+                        0 => values[rng.below(values.len())],
+                        _ => GRID[rng.below(GRID.len())],
+                    })
+                    .collect();
+                let (batch, walked) = (
+                    e.eval(&x, rows, 5).unwrap(),
+                    linked.eval(&x, rows, 5).unwrap(),
+                );
+                for r in 0..rows {
+                    let row = &x[r * 5..r * 5 + 5];
+                    let want = reference(&spec, row);
+                    assert_eq!(batch.scores[r], want, "{modes:?} depth {depth} row {row:?}");
+                    assert_eq!(walked.scores[r], want, "linked, depth {depth} row {row:?}");
+                    let alone = e.eval(row, 1, 5).unwrap().scores[0];
+                    assert_eq!(alone, want, "alone, depth {depth} row {row:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_shallow_trees_are_laid_out_completely() {
+        let one = |tree: SpecTree| {
+            let spec = EnsembleSpec {
+                trees: vec![tree],
+                n_targets: 1,
+                aggregate: Aggregate::Sum,
+            };
+            CompiledEnsemble::compile(&spec).unwrap().trees[0].complete
+        };
+        assert!(one(complete_tree(6)).is_some());
+        assert!(one(complete_tree(COMPLETE_MAX_DEPTH as usize)).is_some());
+        // Too deep: 2^11 slots.
+        assert!(one(complete_tree(COMPLETE_MAX_DEPTH as usize + 1)).is_none());
+        // A comb: a leaf at every depth, their mean depth half the deepest.
+        let mut comb = Vec::new();
+        for k in 0..6 {
+            comb.push(SpecNode::Branch {
+                feature: 0,
+                mode: Mode::Leq,
+                threshold: k as f32,
+                members: vec![],
+                missing_tracks_true: false,
+                if_true: 2 * k + 1,
+                if_false: 2 * k + 2,
+            });
+            comb.push(SpecNode::Leaf(vec![(0, k as f32)]));
+        }
+        comb.push(SpecNode::Leaf(vec![(0, 6.0)]));
+        assert!(one(SpecTree { nodes: comb }).is_none());
+        // The generic kernel's tests need each node's mode.
+        let mut eq = complete_tree(3);
+        if let SpecNode::Branch { mode, .. } = &mut eq.nodes[0] {
+            *mode = Mode::Eq;
+        }
+        assert!(one(eq).is_none());
     }
 }
