@@ -143,6 +143,7 @@ pub struct Model {
     path: PathBuf,
     plan: Arc<TypedRunnableModel>,
     chunk_plan: Arc<TypedRunnableModel>,
+    big_chunk_plan: Arc<TypedRunnableModel>,
     metadata: ModelMetadata,
     width: usize,
     output: usize,
@@ -197,6 +198,7 @@ impl Model {
         let load::Plans {
             any: plan,
             chunk: chunk_plan,
+            big_chunk: big_chunk_plan,
             typed,
         } = load::plan(&proto, width, path)?;
 
@@ -272,6 +274,7 @@ impl Model {
             path: path.to_path_buf(),
             plan,
             chunk_plan,
+            big_chunk_plan,
             metadata,
             width,
             output,
@@ -360,16 +363,23 @@ impl Model {
         if rows < 2 * load::CHUNK {
             return run(&self.plan, batch.values());
         }
-        // Full chunks on the fixed-size plan, the tail on the general one,
-        // then every output concatenated along the batch axis.
+        // Whole chunks of 4096 rows, then of 1024, on the fixed-size plans,
+        // the tail on the general one, then every output concatenated along
+        // the batch axis.
         let mut parts: Vec<TVec<TValue>> = Vec::with_capacity(rows / load::CHUNK + 1);
-        for chunk in batch.values().chunks(load::CHUNK * self.width) {
-            let plan = if chunk.len() == load::CHUNK * self.width {
-                &self.chunk_plan
+        let mut values = batch.values();
+        while !values.is_empty() {
+            let left = values.len() / self.width;
+            let (plan, take) = if left >= load::BIG_CHUNK {
+                (&self.big_chunk_plan, load::BIG_CHUNK)
+            } else if left >= load::CHUNK {
+                (&self.chunk_plan, load::CHUNK)
             } else {
-                &self.plan
+                (&self.plan, left)
             };
-            parts.push(run(plan, chunk)?);
+            let (now, rest) = values.split_at(take * self.width);
+            parts.push(run(plan, now)?);
+            values = rest;
         }
         let n_outputs = parts[0].len();
         (0..n_outputs)

@@ -204,8 +204,9 @@ fn operator_graphs_match_onnxruntime() {
 
 #[test]
 fn large_batches_run_in_chunks_and_agree_with_small_batches() {
-    // 2 * 1024 + 37 rows: two fixed-size chunks and a tail, for a network,
-    // a classifier with a label output and a regressor.
+    // 4096 + 2 * 1024 + 37 rows: a chunk on the 4096-row plan, two on the
+    // 1024-row plan and a tail on the general one, for a network, a
+    // classifier with a label output and a regressor.
     for fixture in [
         "sklearn_mlp_regressor",
         "lightgbm_classifier",
@@ -214,7 +215,7 @@ fn large_batches_run_in_chunks_and_agree_with_small_batches() {
         let model =
             Model::load(fixtures().join("models").join(fixture).join("1/model.onnx")).unwrap();
         let w = model.width();
-        let rows = 2 * 1024 + 37;
+        let rows = 4096 + 2 * 1024 + 37;
         let values: Vec<f32> = (0..rows * w)
             .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
             .collect();
