@@ -8,6 +8,7 @@
 //! several models and versions laid out as TensorFlow Serving lays them out.
 
 pub mod config;
+mod dense;
 pub mod error;
 mod load;
 pub mod ml;

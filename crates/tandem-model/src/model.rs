@@ -144,6 +144,9 @@ pub struct Model {
     plan: Arc<TypedRunnableModel>,
     chunk_plan: Arc<TypedRunnableModel>,
     big_chunk_plan: Arc<TypedRunnableModel>,
+    /// The model as a chain of dense layers, scored outside tract, when it
+    /// is one (crate::dense).
+    pub(crate) dense: Option<crate::dense::DenseChain>,
     metadata: ModelMetadata,
     width: usize,
     output: usize,
@@ -201,6 +204,8 @@ impl Model {
             big_chunk: big_chunk_plan,
             typed,
         } = load::plan(&proto, width, path)?;
+        let dense = crate::dense::DenseChain::detect(&proto.model, width)
+            .filter(|chain| chain.agrees_with(&plan));
 
         let model = &proto.model;
         let graph_outputs: Vec<String> = model
@@ -275,6 +280,7 @@ impl Model {
             plan,
             chunk_plan,
             big_chunk_plan,
+            dense,
             metadata,
             width,
             output,
@@ -360,6 +366,12 @@ impl Model {
                 out.map_err(err)
             };
         let rows = batch.rows();
+        if let Some(chain) = &self.dense {
+            let values = chain.run(batch.values(), rows).map_err(ModelError::Run)?;
+            crate::simd::clear_upper_state();
+            let out = Tensor::from_shape(&[rows, chain.outputs()], &values).map_err(err)?;
+            return Ok(tvec!(out.into_tvalue()));
+        }
         if rows < 2 * load::CHUNK {
             return run(&self.plan, batch.values());
         }
