@@ -13,7 +13,7 @@ use tandem_model::{Model, ModelRepository, VersionPolicy, VersionSpec};
 /// Subcommands of `tandem models`.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Show a model's inputs, outputs, operators and versions.
+    /// Show a model's inputs, outputs, operators, versions and runtime.
     ///
     /// PATH is an .onnx file, a repository version directory
     /// (<repo>/<name>/<version>), a model directory (<repo>/<name>) or a
@@ -133,6 +133,7 @@ fn inspect(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                     "labels": labels,
                     "path": m.path(),
                     "features": m.width(),
+                    "runtime": m.runtime(),
                     "prediction": {"output": m.prediction_output(), "width": m.prediction_width()},
                     "metadata": m.metadata(),
                 })
@@ -192,6 +193,7 @@ fn inspect(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
             .map(|(op, n)| format!("{op} x{n}"))
             .collect();
         println!("  operators: {}", ops.join(", "));
+        println!("  runtime:   {}", m.runtime());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -68,9 +68,16 @@ fn inspect_shows_inputs_outputs_and_operators() {
         "ai.onnx.ml:Scaler x1",
         "MatMul x2",
         "prediction: output 'variable'",
+        // A scaler in front: not a plain chain of dense layers.
+        "runtime:   tract",
     ] {
         assert!(s.contains(needle), "missing {needle:?} in:\n{s}");
     }
+    let bare = fixtures().join("models/sklearn_mlp_regressor/1/model.onnx");
+    let out = tandem(&["models", "inspect", "--json", bare.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["runtime"], "dense layers (matrixmultiply)");
 }
 
 #[test]

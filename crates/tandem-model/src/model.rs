@@ -295,6 +295,16 @@ impl Model {
         &self.name
     }
 
+    /// What scores the model: `"tract"`, or `"dense layers (matrixmultiply)"`
+    /// for a plain chain of dense layers run outside tract.
+    pub fn runtime(&self) -> &'static str {
+        if self.dense.is_some() {
+            "dense layers (matrixmultiply)"
+        } else {
+            "tract"
+        }
+    }
+
     /// The model's version.
     pub fn version(&self) -> u64 {
         self.version
