@@ -1134,4 +1134,24 @@ mod tests {
         }
         assert!(one(eq).is_none());
     }
+
+    #[test]
+    fn rows_without_features_score_leaf_only_trees() {
+        let spec = EnsembleSpec {
+            trees: vec![
+                SpecTree {
+                    nodes: vec![SpecNode::Leaf(vec![(0, 1.5)])],
+                },
+                SpecTree {
+                    nodes: vec![SpecNode::Leaf(vec![(0, -0.25)])],
+                },
+            ],
+            n_targets: 1,
+            aggregate: Aggregate::Sum,
+        };
+        let e = CompiledEnsemble::compile(&spec).unwrap();
+        assert_eq!(e.min_features(), 0);
+        // 9 rows: a group of 8 and a tail of 1.
+        assert_eq!(e.eval(&[], 9, 0).unwrap().scores, vec![1.25; 9]);
+    }
 }
