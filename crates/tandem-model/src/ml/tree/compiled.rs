@@ -160,6 +160,9 @@ impl CompiledEnsemble {
         // The walks read nodes and feature values without bounds checks
         // (`node`, `value`); these are the facts that makes that sound.
         let n = out.nodes.len();
+        if out.trees.iter().any(|t| t.root as usize >= n) {
+            return Err("a tree has no nodes".into());
+        }
         for (i, node) in out.nodes.iter().enumerate() {
             if node.children.iter().any(|&c| c as usize >= n) {
                 return Err(format!("node {i} has a child outside the ensemble"));
@@ -1153,5 +1156,13 @@ mod tests {
         assert_eq!(e.min_features(), 0);
         // 9 rows: a group of 8 and a tail of 1.
         assert_eq!(e.eval(&[], 9, 0).unwrap().scores, vec![1.25; 9]);
+        // A tree with no nodes has no root to start a walk at.
+        let mut empty = spec.clone();
+        empty.trees.push(SpecTree { nodes: vec![] });
+        assert!(
+            CompiledEnsemble::compile(&empty)
+                .unwrap_err()
+                .contains("no nodes")
+        );
     }
 }

@@ -365,6 +365,9 @@ impl EnsembleSpec {
     /// node shared by two parents), which the layout cannot represent.
     pub fn check_acyclic(&self) -> Result<(), String> {
         for (t, tree) in self.trees.iter().enumerate() {
+            if tree.nodes.is_empty() {
+                return Err(format!("tree {t} has no nodes"));
+            }
             let mut seen = vec![false; tree.nodes.len()];
             let mut stack = vec![0usize];
             while let Some(i) = stack.pop() {
