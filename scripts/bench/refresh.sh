@@ -5,7 +5,7 @@
 # $DATA/1m.parquet and $DATA/1m-drift.parquet (see docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-T="${CARGO_TARGET_DIR:-target}/release/tandem"
+T="${TANDEM:-${CARGO_TARGET_DIR:-target}/release/tandem}"
 DATA="${DATA:-/tmp/tandem-bench}"
 PORT="${PORT:-16393}"
 M=fixtures/models/xgboost_200x6/1/model.onnx

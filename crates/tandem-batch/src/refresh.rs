@@ -159,10 +159,12 @@ struct Judge {
 }
 
 impl Judge {
+    /// `digest` is [`feature_digest`] of `row`.
     fn decide(
         &self,
         found: &Result<PredictionRecord, StoreError>,
         row: &[f32],
+        digest: &str,
     ) -> Result<Decision, BatchError> {
         let record = match found {
             Ok(r) => r,
@@ -182,18 +184,17 @@ impl Judge {
         {
             return Ok(Decision::Rescore("older"));
         }
-        if let Some(t) = self.changed_threshold {
-            let digest = feature_digest(row);
-            if record.digest.as_deref() != Some(digest.as_str()) {
-                let distance = record
-                    .inputs
-                    .as_deref()
-                    .and_then(unpack_inputs)
-                    .and_then(|old| l2_distance(&old, row));
-                match distance {
-                    Some(d) if d <= t => {}
-                    _ => return Ok(Decision::Rescore("changed")),
-                }
+        if let Some(t) = self.changed_threshold
+            && record.digest.as_deref() != Some(digest)
+        {
+            let distance = record
+                .inputs
+                .as_deref()
+                .and_then(unpack_inputs)
+                .and_then(|old| l2_distance(&old, row));
+            match distance {
+                Some(d) if d <= t => {}
+                _ => return Ok(Decision::Rescore("changed")),
             }
         }
         Ok(Decision::Keep)
@@ -240,9 +241,16 @@ impl Scorer {
             ..ChunkDone::default()
         };
         let found = self.store.get_predictions(&chunk.ids).await?;
+        // Each digest is computed once: judged against the record, then
+        // written with the new one.
+        let digests: Vec<Arc<str>> = chunk
+            .rows
+            .iter()
+            .map(|r| Arc::from(feature_digest(r)))
+            .collect();
         let mut pick: Vec<usize> = Vec::new();
         for (i, f) in found.iter().enumerate() {
-            match self.judge.decide(f, &chunk.rows[i])? {
+            match self.judge.decide(f, &chunk.rows[i], &digests[i])? {
                 Decision::Rescore(why) => {
                     *done.reasons.entry(why).or_default() += 1;
                     pick.push(i);
@@ -254,7 +262,7 @@ impl Scorer {
         if pick.is_empty() {
             return Ok(done);
         }
-        let picked: Vec<Vec<f32>> = pick.iter().map(|i| chunk.rows[*i].clone()).collect();
+        let picked: Vec<&[f32]> = pick.iter().map(|i| chunk.rows[*i].as_slice()).collect();
         let batch = FeatureBatch::from_rows(&picked)
             .map_err(|e| BatchError::Invalid(format!("building a batch: {e}")))?;
         let m = self.model.clone();
@@ -274,7 +282,7 @@ impl Scorer {
                     version: self.judge.version,
                     source: PredictionSource::Batch,
                     run_id: Some(self.run.clone()),
-                    digest: Some(feature_digest(&chunk.rows[*i]).into()),
+                    digest: Some(digests[*i].clone()),
                     inputs: Some(pack_inputs(&chunk.rows[*i]).into()),
                 },
                 ttl: self.ttl,

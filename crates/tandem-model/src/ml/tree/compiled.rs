@@ -62,6 +62,15 @@ struct Test {
     feature: u32,
 }
 
+/// A test of the complete layout compared as integers: `key` is
+/// [`order_key`] of the threshold, `feature` has no NaN bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+struct KeyTest {
+    key: u32,
+    feature: u32,
+}
+
 /// Which comparison every branch uses after normalisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
@@ -86,6 +95,12 @@ pub struct CompiledEnsemble {
     tests: Vec<Test>,
     /// The leaf index under each last-level slot of a complete tree.
     slots: Vec<u32>,
+    /// `tests` with thresholds as [`order_key`]s, for kernels whose NaN
+    /// inputs all fail their test (no NaN bits) and with no NaN threshold:
+    /// the walk then compares each tile's keys as integers, which takes a
+    /// shorter dependency chain per step than a float comparison and its
+    /// flag transfer.
+    key_tests: Option<Vec<KeyTest>>,
     member_sets: Vec<Vec<f32>>,
     trees: Vec<Tree>,
     leaf_offsets: Vec<u32>,
@@ -139,6 +154,7 @@ impl CompiledEnsemble {
             modes: vec![],
             tests: vec![],
             slots: vec![],
+            key_tests: None,
             member_sets: vec![],
             trees: vec![],
             leaf_offsets: vec![0],
@@ -180,11 +196,32 @@ impl CompiledEnsemble {
         // A row scans about half the branches; a one-row walk waits on about
         // three dependent loads per level. Past 8 branches per level of depth
         // (the 200-tree depth-6 ensemble: 9.5) the two measured even.
+        out.key_tests = out.build_key_tests();
         let levels: u32 = out.trees.iter().map(|t| t.depth).sum();
         out.bitvectors = out
             .build_bitvectors()
             .filter(|bv| bv.n_branches() <= 8 * levels as usize);
         Ok(out)
+    }
+
+    /// The integer form of `tests`, when every test can be compared so:
+    /// `<=`/`<` kernels whose NaN inputs all take `children[1]`, which is
+    /// where [`order_key`]'s NaN (above every number) sends them, and no
+    /// threshold is NaN (no key orders above every input).
+    fn build_key_tests(&self) -> Option<Vec<KeyTest>> {
+        let fits = matches!(self.kernel, Kernel::Leq | Kernel::Lt)
+            && !self.nan_bits
+            && !self.tests.is_empty()
+            && !self.tests.iter().any(|t| t.threshold.is_nan());
+        fits.then(|| {
+            self.tests
+                .iter()
+                .map(|t| KeyTest {
+                    key: order_key(t.threshold),
+                    feature: t.feature & FEATURE_MASK,
+                })
+                .collect()
+        })
     }
 
     /// The QuickScorer layout, when the trees suit it.
@@ -379,6 +416,10 @@ impl CompiledEnsemble {
             + self.leaf_single.as_ref().map_or(0, |v| v.len() * 4)
             + self.trees.len() * size_of::<Tree>()
             + self.bitvectors.as_ref().map_or(0, Bitvectors::heap_bytes)
+            + self
+                .key_tests
+                .as_ref()
+                .map_or(0, |k| k.len() * size_of::<KeyTest>())
     }
 
     /// Scores `rows` rows of `width` features (row-major `x`).
@@ -431,14 +472,46 @@ impl CompiledEnsemble {
         let mut leaves = [0u32; LANES];
         let mut row_leaves = Vec::new();
         let mut words = Vec::new();
+        let key_tests = self.key_tests.as_deref().filter(|_| S::COMPLETE);
+        let mut keys: Vec<u32> = Vec::new();
         for tile_start in (0..rows).step_by(TILE) {
             let tile_end = (tile_start + TILE).min(rows);
             let tail = tile_start + (tile_end - tile_start) / LANES * LANES;
+            if key_tests.is_some() {
+                keys.clear();
+                keys.extend(
+                    x[tile_start * width..tail * width]
+                        .iter()
+                        .map(|&v| order_key(v)),
+                );
+            }
             for tree in &self.trees {
-                for r in (tile_start..tail).step_by(LANES) {
-                    self.walk_any::<S, LANES>(tree, x, r * width, width, &mut leaves);
-                    for (k, &leaf) in leaves.iter().enumerate() {
-                        self.accumulate(leaf, r + k, out);
+                match (tree.complete, key_tests) {
+                    (Some(at), Some(kt)) => {
+                        for r in (tile_start..tail).step_by(LANES) {
+                            let first = (r - tile_start) * width;
+                            Self::walk_keys::<STRICT, LANES>(
+                                kt,
+                                &self.slots,
+                                at,
+                                tree.depth,
+                                &keys,
+                                first,
+                                width,
+                                &mut leaves,
+                            );
+                            for (k, &leaf) in leaves.iter().enumerate() {
+                                self.accumulate(leaf, r + k, out);
+                            }
+                        }
+                    }
+                    _ => {
+                        for r in (tile_start..tail).step_by(LANES) {
+                            self.walk_any::<S, LANES>(tree, x, r * width, width, &mut leaves);
+                            for (k, &leaf) in leaves.iter().enumerate() {
+                                self.accumulate(leaf, r + k, out);
+                            }
+                        }
                     }
                 }
             }
@@ -512,6 +585,54 @@ impl CompiledEnsemble {
             }
         }
         let slots = &self.slots[slots as usize..slots as usize + inner + 1];
+        for (leaf, &i) in leaves.iter_mut().zip(&idx) {
+            *leaf = slots[i - inner];
+        }
+    }
+
+    /// [`Self::walk_complete`] on a tile's [`order_key`]s (`keys`, rows of
+    /// `width` from `first_row`): a test fails when the key is above the
+    /// threshold's (`<=`), or not below it (`<`, `STRICT`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn walk_keys<const STRICT: bool, const L: usize>(
+        key_tests: &[KeyTest],
+        slots: &[u32],
+        (tests, slots_at): (u32, u32),
+        depth: u32,
+        keys: &[u32],
+        first_row: usize,
+        width: usize,
+        leaves: &mut [u32; L],
+    ) {
+        let inner = (1usize << depth) - 1;
+        let tests = &key_tests[tests as usize..tests as usize + inner];
+        let mut idx = [0usize; L];
+        for _ in 0..depth {
+            for (k, i) in idx.iter_mut().enumerate() {
+                debug_assert!(*i < tests.len());
+                #[allow(unsafe_code)]
+                // SAFETY: as in `walk_complete`: before step `s` every
+                // position is below `2^(s+1) - 1 <= tests.len()`.
+                let test = unsafe { tests.get_unchecked(*i) };
+                let at = first_row + k * width + test.feature as usize;
+                debug_assert!(at < keys.len());
+                #[allow(unsafe_code)]
+                // SAFETY: `keys` holds the `order_key` of every value of
+                // the tile's rows that walk in groups of `L`, and
+                // `first_row` is the tile offset of such a group, so rows
+                // `first_row / width + k` (k < L) lie inside it; the
+                // feature is below `min_features <= width`, as for `value`.
+                let key = unsafe { *keys.get_unchecked(at) };
+                let failed = if STRICT {
+                    key >= test.key
+                } else {
+                    key > test.key
+                };
+                *i = 2 * *i + 1 + usize::from(failed);
+            }
+        }
+        let slots = &slots[slots_at as usize..slots_at as usize + inner + 1];
         for (leaf, &i) in leaves.iter_mut().zip(&idx) {
             *leaf = slots[i - inner];
         }
@@ -635,6 +756,19 @@ fn value(x: &[f32], row: usize, feature: u32) -> f32 {
     unsafe {
         *x.get_unchecked(at)
     }
+}
+
+/// A key whose unsigned order is the order of the values: `a <= b` exactly
+/// when `order_key(a) <= order_key(b)` for numbers (infinities included;
+/// `-0.0` and `0.0` get the same key, as they compare equal), and NaN
+/// above every number, so a NaN input fails every `<=` and `<` test as the
+/// float comparison does.
+#[inline(always)]
+fn order_key(v: f32) -> u32 {
+    // Adding +0.0 turns -0.0 into 0.0 and changes nothing else.
+    let b = (v + 0.0).to_bits();
+    let k = if b >> 31 != 0 { !b } else { b | 1 << 31 };
+    if v.is_nan() { u32::MAX } else { k }
 }
 
 /// One step of a walk: the next node index.
@@ -879,7 +1013,7 @@ mod tests {
         }
     }
 
-    const GRID: [f32; 7] = [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0];
+    const GRID: [f32; 8] = [-2.0, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 2.0];
 
     /// Random unbalanced trees over `features` features, every branch
     /// with one of `modes`, thresholds on [`GRID`] so inputs hit them.
@@ -1064,16 +1198,39 @@ mod tests {
         // rule says (their shallow leaves are pushed down through tests),
         // walked in groups of 8 and alone, against the spec node by node,
         // with NaN and infinities, in both kernels and with the NaN bits.
+        // Without NaN bits the complete walks compare integer keys.
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        let values = [-3.0, f32::NEG_INFINITY, f32::INFINITY, f32::NAN, 0.25];
-        for modes in [&[Mode::Leq, Mode::Gt][..], &[Mode::Lt, Mode::Gte][..]] {
+        let values = [
+            -3.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            0.25,
+            1e-40,
+            -1e-40,
+        ];
+        for (modes, nan_bits) in [
+            (&[Mode::Leq, Mode::Gt][..], true),
+            (&[Mode::Lt, Mode::Gte][..], true),
+            (&[Mode::Leq, Mode::Gt][..], false),
+            (&[Mode::Lt, Mode::Gte][..], false),
+        ] {
             for depth in [1, 2, 5, 9] {
-                let spec = random_spec(&mut rng, 10, depth, modes);
+                let mut spec = random_spec(&mut rng, 10, depth, modes);
+                if !nan_bits {
+                    without_nan_bits(&mut spec);
+                }
                 let mut e = CompiledEnsemble::compile(&spec).unwrap();
                 e.bitvectors = None;
                 for t in 0..e.trees.len() {
                     let (root, depth) = (e.trees[t].root, e.trees[t].depth);
                     e.trees[t].complete = Some(e.add_complete(root, depth));
+                }
+                e.key_tests = e.build_key_tests();
+                assert_eq!(e.key_tests.is_some(), !e.nan_bits);
+                if !nan_bits {
+                    assert!(e.key_tests.is_some(), "{modes:?} depth {depth}");
                 }
                 let mut linked = e.clone();
                 linked.trees.iter_mut().for_each(|t| t.complete = None);
@@ -1098,6 +1255,83 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Sends every NaN where the normalised test's failure goes, so that
+    /// the ensemble compiles with no NaN bit.
+    fn without_nan_bits(spec: &mut EnsembleSpec) {
+        for node in spec.trees.iter_mut().flat_map(|t| &mut t.nodes) {
+            if let SpecNode::Branch {
+                mode,
+                missing_tracks_true,
+                ..
+            } = node
+            {
+                *missing_tracks_true = matches!(mode, Mode::Gt | Mode::Gte);
+            }
+        }
+    }
+
+    #[test]
+    fn order_keys_order_like_the_comparisons() {
+        let values = [
+            f32::NEG_INFINITY,
+            -f32::MAX,
+            -3.5,
+            -1.0,
+            -f32::MIN_POSITIVE,
+            -1e-40,
+            -0.0,
+            0.0,
+            1e-40,
+            f32::MIN_POSITIVE,
+            0.25,
+            1.0,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        for &a in values.iter().chain(&[f32::NAN, -f32::NAN]) {
+            for &b in &values {
+                let (ka, kb) = (order_key(a), order_key(b));
+                assert_eq!(a <= b, ka <= kb, "{a} <= {b}");
+                assert_eq!(a < b, ka < kb, "{a} < {b}");
+            }
+        }
+        assert_eq!(order_key(-0.0), order_key(0.0));
+        assert_eq!(order_key(-f32::NAN), u32::MAX);
+    }
+
+    #[test]
+    fn key_tests_only_where_every_nan_fails() {
+        let keys =
+            |spec: &EnsembleSpec| CompiledEnsemble::compile(spec).unwrap().key_tests.is_some();
+        let tree = |mode, threshold, mtt| EnsembleSpec {
+            trees: vec![SpecTree {
+                nodes: vec![
+                    SpecNode::Branch {
+                        feature: 0,
+                        mode,
+                        threshold,
+                        members: vec![],
+                        missing_tracks_true: mtt,
+                        if_true: 1,
+                        if_false: 2,
+                    },
+                    SpecNode::Leaf(vec![(0, 1.0)]),
+                    SpecNode::Leaf(vec![(0, 2.0)]),
+                ],
+            }],
+            n_targets: 1,
+            aggregate: Aggregate::Sum,
+        };
+        assert!(keys(&tree(Mode::Leq, 0.5, false)));
+        assert!(keys(&tree(Mode::Gt, 0.5, true)));
+        assert!(keys(&tree(Mode::Lt, 0.5, false)));
+        // NaN taken by the test that holds, a NaN threshold, a mode the
+        // kernels do not normalise: compared as floats.
+        assert!(!keys(&tree(Mode::Leq, 0.5, true)));
+        assert!(!keys(&tree(Mode::Leq, f32::NAN, false)));
+        assert!(!keys(&tree(Mode::Eq, 0.5, false)));
     }
 
     #[test]
