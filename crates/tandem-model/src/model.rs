@@ -295,13 +295,13 @@ impl Model {
         &self.name
     }
 
-    /// What scores the model: `"tract"`, or `"dense layers (matrixmultiply)"`
-    /// for a plain chain of dense layers run outside tract.
+    /// What scores the model: `"tract"`, or for a plain chain of dense
+    /// layers run outside tract `"dense layers (AVX2/FMA tiles)"` (x86-64
+    /// CPUs with both) or `"dense layers (matrixmultiply)"`.
     pub fn runtime(&self) -> &'static str {
-        if self.dense.is_some() {
-            "dense layers (matrixmultiply)"
-        } else {
-            "tract"
+        match &self.dense {
+            Some(chain) => chain.runtime(),
+            None => "tract",
         }
     }
 

@@ -63,12 +63,27 @@ struct Test {
 }
 
 /// A test of the complete layout compared as integers: `key` is
-/// [`order_key`] of the threshold, `feature` has no NaN bit.
+/// [`order_key`] of the threshold; `feature` is the feature index, or with
+/// NaN bits in the ensemble the offset of its [`pair_keys`] (as
+/// [`KeyNode::at`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 struct KeyTest {
     key: u32,
     feature: u32,
+}
+
+/// A node of the linked layout compared as integers, parallel to
+/// [`CompiledEnsemble::nodes`]: `key` is [`order_key`] of the threshold and
+/// `at` is `2 * feature + 1` when a NaN input takes `children[0]`, else
+/// `2 * feature`: the offset of the feature's pair of keys in a tile of
+/// [`pair_keys`]. A leaf has `at = 0` and itself as both children.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+struct KeyNode {
+    key: u32,
+    at: u32,
+    children: [u32; 2],
 }
 
 /// Which comparison every branch uses after normalisation.
@@ -95,12 +110,17 @@ pub struct CompiledEnsemble {
     tests: Vec<Test>,
     /// The leaf index under each last-level slot of a complete tree.
     slots: Vec<u32>,
-    /// `tests` with thresholds as [`order_key`]s, for kernels whose NaN
-    /// inputs all fail their test (no NaN bits) and with no NaN threshold:
-    /// the walk then compares each tile's keys as integers, which takes a
-    /// shorter dependency chain per step than a float comparison and its
-    /// flag transfer.
+    /// `tests` with thresholds as [`order_key`]s, for `<=`/`<` kernels with
+    /// no NaN threshold: the walk then compares each tile's keys as
+    /// integers, which takes a shorter dependency chain per step than a
+    /// float comparison and its flag transfer. With NaN bits, the tile's
+    /// [`pair_keys`], as in the linked walk.
     key_tests: Option<Vec<KeyTest>>,
+    /// `nodes` with thresholds as [`order_key`]s, for `<=`/`<` kernels with
+    /// no NaN threshold and a tree without a complete layout: the linked
+    /// walk then compares each tile's [`pair_keys`] as integers, NaN bits
+    /// included (a NaN's second key sorts below every number).
+    key_nodes: Option<Vec<KeyNode>>,
     member_sets: Vec<Vec<f32>>,
     trees: Vec<Tree>,
     leaf_offsets: Vec<u32>,
@@ -155,6 +175,7 @@ impl CompiledEnsemble {
             tests: vec![],
             slots: vec![],
             key_tests: None,
+            key_nodes: None,
             member_sets: vec![],
             trees: vec![],
             leaf_offsets: vec![0],
@@ -197,6 +218,7 @@ impl CompiledEnsemble {
         // three dependent loads per level. Past 8 branches per level of depth
         // (the 200-tree depth-6 ensemble: 9.5) the two measured even.
         out.key_tests = out.build_key_tests();
+        out.key_nodes = out.build_key_nodes();
         let levels: u32 = out.trees.iter().map(|t| t.depth).sum();
         out.bitvectors = out
             .build_bitvectors()
@@ -205,12 +227,13 @@ impl CompiledEnsemble {
     }
 
     /// The integer form of `tests`, when every test can be compared so:
-    /// `<=`/`<` kernels whose NaN inputs all take `children[1]`, which is
-    /// where [`order_key`]'s NaN (above every number) sends them, and no
-    /// threshold is NaN (no key orders above every input).
+    /// `<=`/`<` kernels, and no threshold is NaN (no key orders above every
+    /// input). Without NaN bits every NaN input takes `children[1]`, where
+    /// [`order_key`]'s NaN (above every number) sends it, and a test reads
+    /// one key per value; with them, a test reads the first or second of
+    /// the value's [`pair_keys`] by its bit.
     fn build_key_tests(&self) -> Option<Vec<KeyTest>> {
         let fits = matches!(self.kernel, Kernel::Leq | Kernel::Lt)
-            && !self.nan_bits
             && !self.tests.is_empty()
             && !self.tests.iter().any(|t| t.threshold.is_nan());
         fits.then(|| {
@@ -218,7 +241,47 @@ impl CompiledEnsemble {
                 .iter()
                 .map(|t| KeyTest {
                     key: order_key(t.threshold),
-                    feature: t.feature & FEATURE_MASK,
+                    feature: if self.nan_bits {
+                        2 * (t.feature & FEATURE_MASK) + u32::from(t.feature & NAN_TO_FIRST != 0)
+                    } else {
+                        t.feature & FEATURE_MASK
+                    },
+                })
+                .collect()
+        })
+    }
+
+    /// The integer form of `nodes`, when some tree walks the linked layout
+    /// and every branch can be compared so: a `<=`/`<` kernel and no NaN
+    /// threshold. A NaN input reads the first of its [`pair_keys`] (above
+    /// every number: fails, `children[1]`) or, at a node whose NaN bit
+    /// sends it to `children[0]`, the second (below every number: holds).
+    fn build_key_nodes(&self) -> Option<Vec<KeyNode>> {
+        let fits = matches!(self.kernel, Kernel::Leq | Kernel::Lt)
+            && self.trees.iter().any(|t| t.complete.is_none())
+            && !self
+                .nodes
+                .iter()
+                .enumerate()
+                .any(|(i, n)| n.children != [i as u32; 2] && n.threshold.is_nan());
+        fits.then(|| {
+            self.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    if n.children == [i as u32; 2] {
+                        return KeyNode {
+                            key: 0,
+                            at: 0,
+                            children: n.children,
+                        };
+                    }
+                    KeyNode {
+                        key: order_key(n.threshold),
+                        at: 2 * (n.feature & FEATURE_MASK)
+                            + u32::from(n.feature & NAN_TO_FIRST != 0),
+                        children: n.children,
+                    }
                 })
                 .collect()
         })
@@ -420,6 +483,10 @@ impl CompiledEnsemble {
                 .key_tests
                 .as_ref()
                 .map_or(0, |k| k.len() * size_of::<KeyTest>())
+            + self
+                .key_nodes
+                .as_ref()
+                .map_or(0, |k| k.len() * size_of::<KeyNode>())
     }
 
     /// Scores `rows` rows of `width` features (row-major `x`).
@@ -474,10 +541,13 @@ impl CompiledEnsemble {
         let mut words = Vec::new();
         let key_tests = self.key_tests.as_deref().filter(|_| S::COMPLETE);
         let mut keys: Vec<u32> = Vec::new();
+        // `S::COMPLETE` is the `<=`/`<` kernels, the ones `key_nodes` has.
+        let key_nodes = self.key_nodes.as_deref().filter(|_| S::COMPLETE);
+        let mut pairs: Vec<u32> = Vec::new();
         for tile_start in (0..rows).step_by(TILE) {
             let tile_end = (tile_start + TILE).min(rows);
             let tail = tile_start + (tile_end - tile_start) / LANES * LANES;
-            if key_tests.is_some() {
+            if key_tests.is_some() && !self.nan_bits {
                 keys.clear();
                 keys.extend(
                     x[tile_start * width..tail * width]
@@ -485,17 +555,47 @@ impl CompiledEnsemble {
                         .map(|&v| order_key(v)),
                 );
             }
+            if key_nodes.is_some() || (key_tests.is_some() && self.nan_bits) {
+                pairs.clear();
+                pairs.extend(
+                    x[tile_start * width..tail * width]
+                        .iter()
+                        .flat_map(|&v| pair_keys(v)),
+                );
+            }
             for tree in &self.trees {
                 match (tree.complete, key_tests) {
                     (Some(at), Some(kt)) => {
+                        // One key per value, or a pair with NaN bits.
+                        let (tile_keys, stride) = if self.nan_bits {
+                            (&pairs, 2 * width)
+                        } else {
+                            (&keys, width)
+                        };
                         for r in (tile_start..tail).step_by(LANES) {
-                            let first = (r - tile_start) * width;
+                            let first = (r - tile_start) * stride;
                             Self::walk_keys::<STRICT, LANES>(
                                 kt,
                                 &self.slots,
                                 at,
                                 tree.depth,
-                                &keys,
+                                tile_keys,
+                                first,
+                                stride,
+                                &mut leaves,
+                            );
+                            for (k, &leaf) in leaves.iter().enumerate() {
+                                self.accumulate(leaf, r + k, out);
+                            }
+                        }
+                    }
+                    (None, _) if let Some(kn) = key_nodes => {
+                        for r in (tile_start..tail).step_by(LANES) {
+                            let first = 2 * (r - tile_start) * width;
+                            self.walk_linked_keys::<STRICT, LANES>(
+                                kn,
+                                tree,
+                                &pairs,
                                 first,
                                 width,
                                 &mut leaves,
@@ -618,11 +718,14 @@ impl CompiledEnsemble {
                 let at = first_row + k * width + test.feature as usize;
                 debug_assert!(at < keys.len());
                 #[allow(unsafe_code)]
-                // SAFETY: `keys` holds the `order_key` of every value of
-                // the tile's rows that walk in groups of `L`, and
-                // `first_row` is the tile offset of such a group, so rows
-                // `first_row / width + k` (k < L) lie inside it; the
-                // feature is below `min_features <= width`, as for `value`.
+                // SAFETY: `keys` holds the keys of every value of the
+                // tile's rows that walk in groups of `L`, `width` per row
+                // (one per value, or a pair with NaN bits, `width` then
+                // being twice the row's), and `first_row` is the tile
+                // offset of such a group, so rows `first_row / width + k`
+                // (k < L) lie inside it; `test.feature` is below
+                // `min_features <= ` the row's values (twice that for
+                // pairs), as for `value`.
                 let key = unsafe { *keys.get_unchecked(at) };
                 let failed = if STRICT {
                     key >= test.key
@@ -660,6 +763,64 @@ impl CompiledEnsemble {
         // the array went through the stack and stalled on store forwarding).
         for _ in tree.min_leaf..tree.depth {
             if self.step_lanes::<S, L>(&mut idx, x, first_row, width) == 0 {
+                break;
+            }
+        }
+        for (leaf, &i) in leaves.iter_mut().zip(&idx) {
+            *leaf = self.node(i).threshold.to_bits();
+        }
+    }
+
+    /// [`Self::walk`] on a tile's [`pair_keys`] (`pairs`, rows of
+    /// `2 * width` keys from `first`): a test fails when the key is above
+    /// the threshold's (`<=`), or not below it (`<`, `STRICT`).
+    #[inline(always)]
+    fn walk_linked_keys<const STRICT: bool, const L: usize>(
+        &self,
+        key_nodes: &[KeyNode],
+        tree: &Tree,
+        pairs: &[u32],
+        first: usize,
+        width: usize,
+        leaves: &mut [u32; L],
+    ) {
+        let mut idx = [tree.root; L];
+        let step = |idx: &mut [u32; L]| {
+            let mut moved = 0;
+            for (k, i) in idx.iter_mut().enumerate() {
+                debug_assert!((*i as usize) < key_nodes.len());
+                #[allow(unsafe_code)]
+                // SAFETY: `key_nodes` is parallel to `nodes` (one entry per
+                // node, built after every tree was added), and a walk only
+                // reaches node indices below `nodes.len()` (see `node`).
+                let node = unsafe { key_nodes.get_unchecked(*i as usize) };
+                let at = first + k * 2 * width + node.at as usize;
+                debug_assert!(at < pairs.len());
+                #[allow(unsafe_code)]
+                // SAFETY: `pairs` holds two keys for every value of the
+                // tile's rows that walk in groups of `L`, and `first` is
+                // the offset of such a group's first row, so rows
+                // `k < L` after it lie inside; `node.at` is below
+                // `2 * min_features <= 2 * width` (`compile` checked each
+                // branch's feature; a leaf's is 0, and a walk only steps
+                // through a tree with a branch, so `min_features >= 1`).
+                let key = unsafe { *pairs.get_unchecked(at) };
+                let failed = if STRICT {
+                    key >= node.key
+                } else {
+                    key > node.key
+                };
+                let next = node.children[usize::from(failed)];
+                moved |= next ^ *i;
+                *i = next;
+            }
+            moved
+        };
+        for _ in 0..tree.min_leaf {
+            step(&mut idx);
+        }
+        for _ in tree.min_leaf..tree.depth {
+            if step(&mut idx) == 0 {
                 break;
             }
         }
@@ -769,6 +930,15 @@ fn order_key(v: f32) -> u32 {
     let b = (v + 0.0).to_bits();
     let k = if b >> 31 != 0 { !b } else { b | 1 << 31 };
     if v.is_nan() { u32::MAX } else { k }
+}
+
+/// A value's two keys for the linked key walk: [`order_key`] (NaN above
+/// every number), then the same with NaN at 0, below every number (the
+/// smallest number's key, `-inf`'s, is `0x007f_ffff`).
+#[inline(always)]
+fn pair_keys(v: f32) -> [u32; 2] {
+    let k = order_key(v);
+    [k, if v.is_nan() { 0 } else { k }]
 }
 
 /// One step of a walk: the next node index.
@@ -1100,6 +1270,17 @@ mod tests {
                     e.bitvectors = None;
                     e
                 };
+                // The linked trees walk on integer keys; the same trees
+                // walked on floats must agree with both.
+                assert!(
+                    walk.key_nodes.is_some() || walk.trees.iter().all(|t| t.complete.is_some()),
+                    "{modes:?} depth {depth}"
+                );
+                let floats = {
+                    let mut e = walk.clone();
+                    e.key_nodes = None;
+                    e
+                };
                 let mut quick = walk.clone();
                 quick.bitvectors = walk.build_bitvectors();
                 assert!(quick.bitvectors.is_some(), "depth {depth} fits 64 leaves");
@@ -1111,9 +1292,10 @@ mod tests {
                         _ => GRID[rng.below(GRID.len())],
                     })
                     .collect();
-                let (walked, mixed) = (
+                let (walked, mixed, floated) = (
                     walk.eval(&x, rows, 5).unwrap(),
                     quick.eval(&x, rows, 5).unwrap(),
+                    floats.eval(&x, rows, 5).unwrap(),
                 );
                 for r in 0..rows {
                     let row = &x[r * 5..r * 5 + 5];
@@ -1132,6 +1314,10 @@ mod tests {
                     assert_eq!(
                         mixed.scores[r], want,
                         "mixed, {modes:?} depth {depth} row {r}"
+                    );
+                    assert_eq!(
+                        floated.scores[r], want,
+                        "float walk, {modes:?} depth {depth} row {row:?}"
                     );
                 }
             }
@@ -1198,7 +1384,8 @@ mod tests {
         // rule says (their shallow leaves are pushed down through tests),
         // walked in groups of 8 and alone, against the spec node by node,
         // with NaN and infinities, in both kernels and with the NaN bits.
-        // Without NaN bits the complete walks compare integer keys.
+        // Every walk compares integer keys (one per value, or a pair with
+        // NaN bits) and, with the keys dropped, floats.
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let values = [
             -3.0,
@@ -1228,12 +1415,16 @@ mod tests {
                     e.trees[t].complete = Some(e.add_complete(root, depth));
                 }
                 e.key_tests = e.build_key_tests();
-                assert_eq!(e.key_tests.is_some(), !e.nan_bits);
-                if !nan_bits {
-                    assert!(e.key_tests.is_some(), "{modes:?} depth {depth}");
-                }
+                assert!(e.key_tests.is_some(), "{modes:?} depth {depth}");
                 let mut linked = e.clone();
                 linked.trees.iter_mut().for_each(|t| t.complete = None);
+                linked.key_nodes = linked.build_key_nodes();
+                assert!(linked.key_nodes.is_some(), "{modes:?} depth {depth}");
+                // The same walks on floats.
+                let mut floats = e.clone();
+                floats.key_tests = None;
+                let mut linked_floats = linked.clone();
+                linked_floats.key_nodes = None;
                 let rows = 203;
                 let x: Vec<f32> = (0..rows * 5)
                     .map(|_| match rng.below(12) {
@@ -1245,11 +1436,23 @@ mod tests {
                     e.eval(&x, rows, 5).unwrap(),
                     linked.eval(&x, rows, 5).unwrap(),
                 );
+                let (batch_floats, walked_floats) = (
+                    floats.eval(&x, rows, 5).unwrap(),
+                    linked_floats.eval(&x, rows, 5).unwrap(),
+                );
                 for r in 0..rows {
                     let row = &x[r * 5..r * 5 + 5];
                     let want = reference(&spec, row);
                     assert_eq!(batch.scores[r], want, "{modes:?} depth {depth} row {row:?}");
                     assert_eq!(walked.scores[r], want, "linked, depth {depth} row {row:?}");
+                    assert_eq!(
+                        batch_floats.scores[r], want,
+                        "floats, depth {depth} row {row:?}"
+                    );
+                    assert_eq!(
+                        walked_floats.scores[r], want,
+                        "linked floats, depth {depth} row {row:?}"
+                    );
                     let alone = e.eval(row, 1, 5).unwrap().scores[0];
                     assert_eq!(alone, want, "alone, depth {depth} row {row:?}");
                 }
@@ -1299,10 +1502,25 @@ mod tests {
         }
         assert_eq!(order_key(-0.0), order_key(0.0));
         assert_eq!(order_key(-f32::NAN), u32::MAX);
+        // The linked walk's pairs: the first key is `order_key`; the second
+        // puts NaN (either sign) below every number, so that a NaN holds
+        // every `<=` and `<` test that reads it.
+        for &a in values.iter().chain(&[f32::NAN, -f32::NAN]) {
+            let [hi, lo] = pair_keys(a);
+            assert_eq!(hi, order_key(a));
+            for &b in &values {
+                let kb = order_key(b);
+                if a.is_nan() {
+                    assert!(lo <= kb && lo < kb, "NaN below {b}");
+                } else {
+                    assert_eq!(lo, hi, "{a}");
+                }
+            }
+        }
     }
 
     #[test]
-    fn key_tests_only_where_every_nan_fails() {
+    fn keys_only_where_every_test_compares_as_integers() {
         let keys =
             |spec: &EnsembleSpec| CompiledEnsemble::compile(spec).unwrap().key_tests.is_some();
         let tree = |mode, threshold, mtt| EnsembleSpec {
@@ -1327,11 +1545,59 @@ mod tests {
         assert!(keys(&tree(Mode::Leq, 0.5, false)));
         assert!(keys(&tree(Mode::Gt, 0.5, true)));
         assert!(keys(&tree(Mode::Lt, 0.5, false)));
-        // NaN taken by the test that holds, a NaN threshold, a mode the
-        // kernels do not normalise: compared as floats.
-        assert!(!keys(&tree(Mode::Leq, 0.5, true)));
+        // NaN taken by the test that holds: pairs of keys, the test reading
+        // the second (NaN below every number).
+        let paired = CompiledEnsemble::compile(&tree(Mode::Leq, 0.5, true)).unwrap();
+        assert!(paired.nan_bits);
+        assert_eq!(paired.key_tests.as_ref().unwrap()[0].feature, 1);
+        // A NaN threshold, a mode the kernels do not normalise: compared as
+        // floats.
         assert!(!keys(&tree(Mode::Leq, f32::NAN, false)));
         assert!(!keys(&tree(Mode::Eq, 0.5, false)));
+
+        // The linked walk's keys take NaN bits either way, but not a NaN
+        // threshold or an unnormalised mode; they exist only for an
+        // ensemble with a tree that has no complete layout.
+        // A comb of depth 4 (leaves at depths 1, 2, 3, 4, 4): too
+        // unbalanced for the complete layout.
+        let deep = |mode, threshold, mtt: bool| {
+            let mut nodes = Vec::new();
+            for d in 0..4u32 {
+                let at = nodes.len();
+                nodes.push(SpecNode::Branch {
+                    feature: d % 2,
+                    mode,
+                    threshold,
+                    members: vec![],
+                    missing_tracks_true: mtt ^ (d % 2 == 1),
+                    if_true: at + 1,
+                    if_false: at + 2,
+                });
+                nodes.push(SpecNode::Leaf(vec![(0, d as f32)]));
+            }
+            nodes.push(SpecNode::Leaf(vec![(0, 9.0)]));
+            let spec = EnsembleSpec {
+                trees: vec![SpecTree { nodes }],
+                n_targets: 1,
+                aggregate: Aggregate::Sum,
+            };
+            CompiledEnsemble::compile(&spec).unwrap()
+        };
+        for mode in [Mode::Leq, Mode::Gt, Mode::Lt, Mode::Gte] {
+            for mtt in [false, true] {
+                let e = deep(mode, 0.5, mtt);
+                assert!(e.trees[0].complete.is_none());
+                assert!(e.key_nodes.is_some(), "{mode:?} mtt={mtt}");
+            }
+        }
+        assert!(deep(Mode::Leq, f32::NAN, false).key_nodes.is_none());
+        assert!(deep(Mode::Eq, 0.5, false).key_nodes.is_none());
+        assert!(
+            CompiledEnsemble::compile(&tree(Mode::Leq, 0.5, true))
+                .unwrap()
+                .key_nodes
+                .is_none()
+        );
     }
 
     #[test]
