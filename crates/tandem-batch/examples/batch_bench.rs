@@ -1,7 +1,8 @@
 //! Batch benchmark, the parts the CLI cannot time on their own: write the
 //! benchmark's Parquet input (ROWS x 32 float features), then time a scan of
 //! it, scan + score through `predict`, and scoring the same rows from an
-//! in-memory matrix with no I/O (2 threads, blocks of 8192 rows).
+//! in-memory matrix with no I/O (2 threads, blocks of 8192 rows). `ROUNDS=N`
+//! repeats the last two N times, alternating, and reports every round.
 //!
 //! ```text
 //! cargo run --release -p tandem-batch --example batch_bench -- DATA.parquet ROWS MODEL.onnx [MODEL.onnx...]
@@ -18,7 +19,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use futures::StreamExt;
 use tandem_batch::plan::{InputSpec, parallel_source, scoring_query, session};
-use tandem_core::FeatureBatch;
 use tandem_model::Model;
 
 /// The allocator of the `tandem` binary, so that the figures are the
@@ -73,6 +73,22 @@ async fn drain(ctx: &datafusion::prelude::SessionContext, sql: &str) -> (usize, 
     (rows, t.elapsed().as_secs_f64())
 }
 
+/// Seconds to score `matrix` in blocks of 8192 rows on 2 threads.
+fn score_in_memory(model: &Arc<Model>, matrix: &[f32]) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for half in matrix.chunks(matrix.len().div_ceil(2)) {
+            let model = model.clone();
+            s.spawn(move || {
+                for block in half.chunks(8192 * F) {
+                    model.predict_values(block, F).expect("predict");
+                }
+            });
+        }
+    });
+    t.elapsed().as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -95,6 +111,10 @@ async fn main() {
             t.elapsed().as_secs_f64()
         );
     }
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     let names: Vec<String> = (0..F).map(|f| format!("f{f}")).collect();
     println!(
         "| model | scan rows/s | scan + score rows/s | in-memory score rows/s (2 threads) | scan+score / in-memory |"
@@ -116,6 +136,14 @@ async fn main() {
             .clone();
         let scan_sql = scoring_query(&source, "entity_id", &names, &schema, None, false);
         let (n, scan) = drain(&ctx, &scan_sql).await;
+        if std::env::var_os("SCAN_ONLY").is_some() {
+            let mut times = Vec::new();
+            for _ in 0..rounds {
+                times.push(format!("{:.0}", n as f64 / drain(&ctx, &scan_sql).await.1));
+            }
+            println!("| {} | scan only: {} |", model.name(), times.join(" / "));
+            continue;
+        }
         let score_sql = scoring_query(&source, "entity_id", &names, &schema, None, true);
         if std::env::var_os("EXPLAIN").is_some() {
             let plan = ctx
@@ -124,32 +152,35 @@ async fn main() {
                 .expect("explain");
             plan.show().await.expect("show");
         }
-        let (_, scored) = drain(&ctx, &score_sql).await;
-
         // The same rows as one matrix, scored in blocks of 8192 on 2 threads.
         let matrix: Vec<f32> = (0..n)
             .flat_map(|i| (0..F).map(move |f| value(i, f)))
             .collect();
-        let t = Instant::now();
-        std::thread::scope(|s| {
-            for half in matrix.chunks(matrix.len().div_ceil(2)) {
-                let model = model.clone();
-                s.spawn(move || {
-                    for block in half.chunks(8192 * F) {
-                        let batch = FeatureBatch::new(block.to_vec(), F).expect("batch");
-                        model.predict(&batch).expect("predict");
-                    }
-                });
-            }
-        });
-        let mem = t.elapsed().as_secs_f64();
+        // ROUNDS (default 1) rounds of scan + score then in-memory scoring,
+        // one after the other, so that both see the same machine.
+        let (mut scored, mut mem) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            scored.push(drain(&ctx, &score_sql).await.1);
+            mem.push(score_in_memory(&model, &matrix));
+        }
+        let rate = |t: &[f64]| {
+            t.iter()
+                .map(|t| format!("{:.0}", n as f64 / t))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let ratio = scored
+            .iter()
+            .zip(&mem)
+            .map(|(s, m)| format!("{:.2}x", s / m))
+            .collect::<Vec<_>>()
+            .join(" / ");
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2}x |",
+            "| {} | {:.0} | {} | {} | {ratio} |",
             model.name(),
             n as f64 / scan,
-            n as f64 / scored,
-            n as f64 / mem,
-            scored / mem
+            rate(&scored),
+            rate(&mem),
         );
     }
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod error;
 pub mod index;
 pub mod job;
+mod mapped;
 pub mod materialize;
 pub mod objects;
 pub mod plan;

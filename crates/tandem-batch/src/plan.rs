@@ -16,6 +16,7 @@ use datafusion::datasource::physical_plan::{
     FileGroup, FileScanConfig, FileScanConfigBuilder, ParquetSource,
 };
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::options::ReadOptions;
 use datafusion::logical_expr::Partitioning;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -25,6 +26,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tandem_model::Model;
 
 use crate::error::BatchError;
+use crate::mapped::MappedReaderFactory;
 use crate::udf::{PredictUdf, ShardUdf};
 
 /// The input data set: a file, a directory, or a glob, of Parquet or CSV.
@@ -182,8 +184,9 @@ const MIN_SPLIT_ROWS: usize = 65_536;
 /// one core whatever came after. Each range is a file-level row selection
 /// ([`ParquetRowSelection`]), which the reader maps onto the row groups
 /// (and, when the file has a page index, onto the pages): together the
-/// ranges read every row once. Not used on a Ballista cluster, whose plan
-/// serialization does not carry the selections.
+/// ranges read every row once. Local Parquet files are read through
+/// memory maps (`crate::mapped`). Not used on a Ballista cluster, whose
+/// plan serialization carries neither the selections nor the reader.
 #[derive(Debug)]
 struct SplitScan {
     inner: Arc<dyn TableProvider>,
@@ -219,7 +222,7 @@ impl TableProvider for SplitScan {
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let plan = self.inner.scan(state, projection, filters, limit).await?;
-        Ok(split_rows(&plan, self.parts).unwrap_or(plan))
+        Ok(self.local_plan(plan))
     }
 
     async fn scan_with_args<'a>(
@@ -228,8 +231,37 @@ impl TableProvider for SplitScan {
         args: ScanArgs<'a>,
     ) -> datafusion::error::Result<ScanResult> {
         let plan = self.inner.scan_with_args(state, args).await?.into_inner();
-        Ok(split_rows(&plan, self.parts).unwrap_or(plan).into())
+        Ok(self.local_plan(plan).into())
     }
+}
+
+impl SplitScan {
+    /// The scan `plan` with its one file split into row ranges and its
+    /// local files read through maps.
+    fn local_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        let plan = split_rows(&plan, self.parts).unwrap_or(plan);
+        map_local_files(&plan).unwrap_or(plan)
+    }
+}
+
+/// `plan` reading its Parquet files through memory maps
+/// ([`MappedReaderFactory`]), or `None` when it is not a Parquet scan of
+/// local files.
+fn map_local_files(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    let exec = plan.downcast_ref::<DataSourceExec>()?;
+    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
+    if config.object_store_url != ObjectStoreUrl::local_filesystem() {
+        return None;
+    }
+    let source = config.file_source().downcast_ref::<ParquetSource>()?;
+    let inner = source.parquet_file_reader_factory()?.clone();
+    let source = source
+        .clone()
+        .with_parquet_file_reader_factory(Arc::new(MappedReaderFactory::new(inner)));
+    let mapped = FileScanConfigBuilder::from(config.clone())
+        .with_source(Arc::new(source))
+        .build();
+    Some(DataSourceExec::from_data_source(mapped))
 }
 
 /// `plan` with its one Parquet file split into up to `parts` row ranges,
@@ -659,5 +691,62 @@ mod tests {
         assert_eq!(value(0), rows as f64);
         assert_eq!(value(1), rows as f64);
         assert_eq!(value(2), (rows as f64 - 1.0) * rows as f64 / 2.0);
+    }
+
+    #[tokio::test]
+    async fn local_parquet_is_read_through_a_map_that_refuses_a_file_changed_since_planning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.parquet");
+        let rows = 150_000;
+        one_row_group(&path, rows);
+        let input = InputSpec::open(path.to_str().unwrap()).await.unwrap();
+        let ctx = session(&input, None).await.unwrap();
+        let table = ctx.table_provider("input").await.unwrap();
+        let plan = table.scan(&ctx.state(), None, &[], None).await.unwrap();
+        let exec = plan.downcast_ref::<DataSourceExec>().expect("a file scan");
+        let config = exec
+            .data_source()
+            .downcast_ref::<FileScanConfig>()
+            .expect("file scan config");
+        let source = config
+            .file_source()
+            .downcast_ref::<ParquetSource>()
+            .expect("parquet");
+        let factory = source.parquet_file_reader_factory().expect("a reader");
+        assert!(
+            format!("{factory:?}").starts_with("MappedReaderFactory"),
+            "{factory:?}"
+        );
+        // Every value read back through the map.
+        let sum = |ctx: SessionContext| async move {
+            ctx.sql("SELECT sum(CAST(x AS DOUBLE)) AS s FROM input")
+                .await
+                .unwrap()
+                .collect()
+                .await
+        };
+        let out = sum(ctx).await.unwrap();
+        let s = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(s, (rows as f64 - 1.0) * rows as f64 / 2.0);
+
+        // The file rewritten shorter after planning: an error naming it,
+        // not a read past the end of the map.
+        let ctx = session(&input, None).await.unwrap();
+        let df = ctx
+            .sql("SELECT sum(CAST(x AS DOUBLE)) AS s FROM input")
+            .await
+            .unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        one_row_group(&path, 100_000);
+        let err = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .expect_err("the file changed");
+        let msg = err.to_string();
+        assert!(msg.contains("one.parquet") && msg.contains("changed"), "{msg}");
     }
 }

@@ -10,6 +10,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, Float32Array, Float64Array, StringArray, UInt32Array,
@@ -20,7 +21,6 @@ use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use tandem_core::FeatureBatch;
 use tandem_model::Model;
 
 use crate::digest::shard_of;
@@ -50,16 +50,22 @@ impl PredictUdf {
 }
 
 /// Scores a row-major `[rows, width]` block, splitting a large one over
-/// every core: one Parquet row group (pyarrow writes up to 1M rows in one)
-/// is a single scan partition, and would otherwise be scored on one core.
-/// One value per row (the first of a multi-value prediction).
+/// the cores no other call of this function is using: one Parquet row
+/// group (pyarrow writes up to 1M rows in one) read by one partition would
+/// otherwise be scored on one core, while a scan that already runs one
+/// partition per core scores each block on its own thread (a thread
+/// spawned per block there only added start-up costs and threads fighting
+/// for the same cores). One value per row (the first of a multi-value
+/// prediction).
 pub(crate) fn predict_block(model: &Model, block: &[f32], rows: usize) -> Result<Vec<f64>> {
+    let scoring = Scoring::enter();
     let width = model.width();
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let per_part = rows.div_ceil(threads).next_multiple_of(PARALLEL_GRAIN);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = cores / scoring.concurrent;
     if threads < 2 || rows < 2 * PARALLEL_GRAIN {
         return predict_rows(model, block);
     }
+    let per_part = rows.div_ceil(threads).next_multiple_of(PARALLEL_GRAIN);
     let parts: Vec<Result<Vec<f64>>> = std::thread::scope(|s| {
         let handles: Vec<_> = block
             .chunks(per_part * width)
@@ -80,11 +86,32 @@ pub(crate) fn predict_block(model: &Model, block: &[f32], rows: usize) -> Result
     Ok(out)
 }
 
+/// Calls of [`predict_block`] in progress in this process.
+static SCORING: AtomicUsize = AtomicUsize::new(0);
+
+/// One call of [`predict_block`] counted in [`SCORING`] while it lives.
+struct Scoring {
+    /// Calls in progress, this one included, when it entered.
+    concurrent: usize,
+}
+
+impl Scoring {
+    fn enter() -> Self {
+        Scoring {
+            concurrent: SCORING.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+}
+
+impl Drop for Scoring {
+    fn drop(&mut self) {
+        SCORING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn predict_rows(model: &Model, block: &[f32]) -> Result<Vec<f64>> {
-    let batch = FeatureBatch::new(block.to_vec(), model.width())
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
     let predictions = model
-        .predict(&batch)
+        .predict_values(block, model.width())
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     let per_row = predictions.width();
     Ok(predictions
@@ -114,29 +141,40 @@ pub(crate) fn pack_block(columns: &[ArrayRef], rows: usize, fill: f32) -> Result
             _ => return exec_err!("feature {f} did not cast to {rows} Float32 values"),
         }
     }
-    let mut block = vec![fill; rows * width];
+    let mut block: Vec<f32> = Vec::with_capacity(rows * width);
     if width == 0 {
         return Ok(block);
     }
-    for (t, tile) in block.chunks_mut(PACK_TILE * width).enumerate() {
+    // Every value is written once, straight into the spare capacity: a
+    // block first filled with `fill` and then overwritten was one more
+    // pass over 1 MB per 8192 rows.
+    for (t, tile) in block.spare_capacity_mut()[..rows * width]
+        .chunks_mut(PACK_TILE * width)
+        .enumerate()
+    {
         let start = t * PACK_TILE;
         for (f, col) in cols.iter().enumerate() {
             let values = &col.values()[start..start + tile.len() / width];
             if col.null_count() == 0 {
-                for (row, v) in tile.chunks_exact_mut(width).zip(values) {
-                    if !v.is_nan() {
-                        row[f] = *v;
-                    }
+                for (row, &v) in tile.chunks_exact_mut(width).zip(values) {
+                    row[f].write(if v.is_nan() { fill } else { v });
                 }
             } else {
-                for (k, (row, v)) in tile.chunks_exact_mut(width).zip(values).enumerate() {
-                    if col.is_valid(start + k) && !v.is_nan() {
-                        row[f] = *v;
-                    }
+                for (k, (row, &v)) in tile.chunks_exact_mut(width).zip(values).enumerate() {
+                    let valid = col.is_valid(start + k) && !v.is_nan();
+                    row[f].write(if valid { v } else { fill });
                 }
             }
         }
     }
+    // SAFETY: the loop above wrote every one of the first `rows * width`
+    // values: each tile is whole rows of `width` values, and every row's
+    // `width` positions were written, one per column, `cols.len() ==
+    // width`, each column holding `rows` values (checked above).
+    #[allow(unsafe_code)]
+    unsafe {
+        block.set_len(rows * width)
+    };
     Ok(block)
 }
 
@@ -299,5 +337,36 @@ mod tests {
         let short: ArrayRef = Arc::new(Float32Array::from(vec![1.0f32]));
         assert!(pack_block(&[short], 2, 0.0).is_err());
         assert!(pack_block(&[], 3, 0.0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_block_scores_the_same_alone_split_over_threads_and_beside_other_calls() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/models/sklearn_mlp_32/1/model.onnx");
+        let model = Model::load(&path).expect("the MLP fixture loads");
+        let width = model.width();
+        let rows = 5 * PARALLEL_GRAIN + 77;
+        let block: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0)
+            .collect();
+        let want: Vec<f64> = model
+            .predict_values(&block, width)
+            .unwrap()
+            .values()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        assert_eq!(predict_block(&model, &block, rows).unwrap(), want);
+        // Four calls at once: each scores on its own thread or splits,
+        // whichever the count of calls in progress allows; same values.
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| predict_block(&model, &block, rows).unwrap()))
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), want);
+            }
+        });
+        assert_eq!(SCORING.load(Ordering::Relaxed), 0, "every call counted out");
     }
 }

@@ -335,15 +335,17 @@ impl Model {
         &self.metadata
     }
 
-    fn check_input(&self, batch: &FeatureBatch) -> Result<(), ModelError> {
-        if batch.width() != self.width {
+    /// Checks row-major `values` of `width` features per row against the
+    /// model's width and its non-finite input policy.
+    fn check_input(&self, values: &[f32], width: usize) -> Result<(), ModelError> {
+        if width != self.width || !values.len().is_multiple_of(self.width) {
             return Err(ModelError::InputWidth {
                 expected: self.width,
-                got: batch.width(),
+                got: width,
             });
         }
         if self.non_finite == NonFinite::Reject
-            && let Some(i) = batch.values().iter().position(|v| !v.is_finite())
+            && let Some(i) = values.iter().position(|v| !v.is_finite())
         {
             let (row, feature) = (i / self.width, i % self.width);
             return Err(ModelError::NonFiniteInput {
@@ -355,14 +357,15 @@ impl Model {
                     .get(feature)
                     .cloned()
                     .unwrap_or_else(|| feature.to_string()),
-                value: batch.values()[i],
+                value: values[i],
             });
         }
         Ok(())
     }
 
-    pub(crate) fn run_raw(&self, batch: &FeatureBatch) -> Result<TVec<TValue>, ModelError> {
-        self.check_input(batch)?;
+    /// Runs row-major `values`, `width` features per row.
+    pub(crate) fn run_raw(&self, values: &[f32], width: usize) -> Result<TVec<TValue>, ModelError> {
+        self.check_input(values, width)?;
         let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
         let run =
             |plan: &Arc<TypedRunnableModel>, values: &[f32]| -> Result<TVec<TValue>, ModelError> {
@@ -375,21 +378,21 @@ impl Model {
                 crate::simd::clear_upper_state();
                 out.map_err(err)
             };
-        let rows = batch.rows();
+        let rows = values.len() / self.width;
         if let Some(chain) = &self.dense {
-            let values = chain.run(batch.values(), rows).map_err(ModelError::Run)?;
+            let values = chain.run(values, rows).map_err(ModelError::Run)?;
             crate::simd::clear_upper_state();
             let out = Tensor::from_shape(&[rows, chain.outputs()], &values).map_err(err)?;
             return Ok(tvec!(out.into_tvalue()));
         }
         if rows < 2 * load::CHUNK {
-            return run(&self.plan, batch.values());
+            return run(&self.plan, values);
         }
         // Whole chunks of 4096 rows, then of 1024, on the fixed-size plans,
         // the tail on the general one, then every output concatenated along
         // the batch axis.
         let mut parts: Vec<TVec<TValue>> = Vec::with_capacity(rows / load::CHUNK + 1);
-        let mut values = batch.values();
+        let mut values = values;
         while !values.is_empty() {
             let left = values.len() / self.width;
             let (plan, take) = if left >= load::BIG_CHUNK {
@@ -424,7 +427,7 @@ impl Model {
 
     /// Runs the model and returns every output.
     pub fn run(&self, batch: &FeatureBatch) -> Result<Vec<OutputTensor>, ModelError> {
-        let outs = self.run_raw(batch)?;
+        let outs = self.run_raw(batch.values(), batch.width())?;
         outs.iter()
             .zip(&self.metadata.outputs)
             .map(|(t, info)| {
@@ -475,8 +478,15 @@ impl Model {
     /// Runs the model and returns "the prediction" of every row: the
     /// configured output and column.
     pub fn predict(&self, batch: &FeatureBatch) -> Result<Predictions, ModelError> {
-        let rows = batch.rows();
-        let outs = self.run_raw(batch)?;
+        self.predict_values(batch.values(), batch.width())
+    }
+
+    /// [`Model::predict`] on row-major `values` of `width` features per
+    /// row, borrowed rather than moved into a [`FeatureBatch`]: the batch
+    /// job scores blocks it packed itself without copying them again.
+    pub fn predict_values(&self, values: &[f32], width: usize) -> Result<Predictions, ModelError> {
+        let rows = values.len().checked_div(width).unwrap_or(0);
+        let outs = self.run_raw(values, width)?;
         let t = outs
             .get(self.output)
             .ok_or_else(|| ModelError::Run("output missing".into()))?;

@@ -72,7 +72,7 @@ pub(crate) mod tests {
         for rows in [1, 8192] {
             let values: Vec<f32> = (0..rows * width).map(|i| (i % 17) as f32 / 7.0).collect();
             let batch = tandem_core::FeatureBatch::new(values, width).expect("batch");
-            let out = model.run_raw(&batch).expect("runs");
+            let out = model.run_raw(batch.values(), width).expect("runs");
             assert_eq!(
                 upper_state_dirty(),
                 Some(false),

@@ -1,0 +1,182 @@
+//! Local Parquet inputs read through a read-only memory map.
+//!
+//! DataFusion reads a local file with `pread` into freshly allocated
+//! buffers: for a row group it fetches every selected column chunk before
+//! decoding, so a 1M-row, one-row-group file was copied whole into new
+//! memory (and the kernel zeroed every new page first) before the first
+//! value was decoded. The decoder only needs the bytes, so a local file is
+//! mapped instead and each range it asks for is a slice of the map: no
+//! copy, no fresh memory, and the pages come straight from the page cache.
+//! Footer and page-index reads still go through the reader DataFusion made
+//! (and its metadata cache).
+//!
+//! A mapped file must not be truncated in place while a run reads it (the
+//! kernel would stop the process with `SIGBUS` on a read past the new
+//! end); replacing it (write elsewhere, then rename), the way tools write
+//! Parquet, is safe: the map keeps the old file.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures::FutureExt;
+use futures::future::{BoxFuture, ready};
+use object_store::local::LocalFileSystem;
+
+/// Makes readers that serve data ranges from a map of the local file and
+/// everything else (the footer, the page index) from `inner`.
+#[derive(Debug)]
+pub(crate) struct MappedReaderFactory {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+}
+
+impl MappedReaderFactory {
+    pub(crate) fn new(inner: Arc<dyn ParquetFileReaderFactory>) -> Self {
+        MappedReaderFactory { inner }
+    }
+}
+
+impl ParquetFileReaderFactory for MappedReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        let path = LocalFileSystem::new()
+            .path_to_filesystem(&file.object_meta.location)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let planned = file.object_meta.size;
+        let inner = self
+            .inner
+            .create_reader(partition_index, file, metadata_size_hint, metrics)?;
+        let map = map_file(&path, planned)?;
+        Ok(Box::new(MappedReader { inner, map, path }))
+    }
+}
+
+/// The whole of the file at `path`, mapped read-only, provided it still
+/// has the `planned` size the plan was made with.
+fn map_file(path: &Path, planned: u64) -> Result<Bytes> {
+    let context = |e: std::io::Error| {
+        DataFusionError::Execution(format!("cannot map {}: {e}", path.display()))
+    };
+    let file = std::fs::File::open(path).map_err(context)?;
+    let len = file.metadata().map_err(context)?.len();
+    if len != planned {
+        return Err(DataFusionError::Execution(format!(
+            "{} changed while the run was planned: {planned} bytes then, {len} now",
+            path.display()
+        )));
+    }
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the map is read-only and private, and every slice of it is
+    // bounds-checked against its length. The one hazard of a file map is
+    // another process truncating the file while it is mapped, which makes
+    // a later read of the lost pages fault (SIGBUS); the module's docs say
+    // so. Changing the bytes in place only changes what is read, as it
+    // would with `pread`.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(context)?;
+    Ok(Bytes::from_owner(map))
+}
+
+struct MappedReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    map: Bytes,
+    path: PathBuf,
+}
+
+impl MappedReader {
+    fn slice(&self, range: Range<u64>) -> Result<Bytes, ParquetError> {
+        let len = self.map.len() as u64;
+        if range.start > range.end || range.end > len {
+            return Err(ParquetError::EOF(format!(
+                "{}: bytes {}..{} asked of a {len}-byte file",
+                self.path.display(),
+                range.start,
+                range.end
+            )));
+        }
+        Ok(self.map.slice(range.start as usize..range.end as usize))
+    }
+}
+
+impl AsyncFileReader for MappedReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
+        ready(self.slice(range)).boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>, ParquetError>> {
+        ready(ranges.into_iter().map(|r| self.slice(r)).collect()).boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+        self.inner.get_metadata(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_slices_of_the_file_and_a_range_past_its_end_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bytes.bin");
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let map = map_file(&path, bytes.len() as u64).expect("maps");
+        let reader = MappedReader {
+            inner: Box::new(NoMetadata),
+            map,
+            path: path.clone(),
+        };
+        assert_eq!(
+            &reader.slice(100..4_200).expect("in range")[..],
+            &bytes[100..4_200]
+        );
+        assert_eq!(reader.slice(10_000..10_000).expect("empty").len(), 0);
+        let err = reader.slice(9_000..10_001).expect_err("past the end");
+        assert!(err.to_string().contains("9000..10001"), "{err}");
+        assert!(reader.slice(Range { start: 5, end: 4 }).is_err());
+
+        let err = map_file(&path, 9_999).expect_err("size changed");
+        assert!(err.to_string().contains("changed"), "{err}");
+        let err = map_file(&dir.path().join("missing.parquet"), 0).expect_err("missing");
+        assert!(err.to_string().contains("missing.parquet"), "{err}");
+    }
+
+    struct NoMetadata;
+
+    impl AsyncFileReader for NoMetadata {
+        fn get_bytes(&mut self, _: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
+            ready(Err(ParquetError::General("not used".into()))).boxed()
+        }
+
+        fn get_metadata<'a>(
+            &'a mut self,
+            _: Option<&'a ArrowReaderOptions>,
+        ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+            ready(Err(ParquetError::General("not used".into()))).boxed()
+        }
+    }
+}
