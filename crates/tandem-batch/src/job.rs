@@ -258,7 +258,7 @@ async fn run_batch_inner(
         None
     };
     progress.start(total);
-    let mut stream = df.execute_stream().await?;
+    let stream = df.execute_stream().await?;
     let (writer, sender) = match &store {
         Some(store) => {
             let (tx, handle) = spawn_writer(store.clone());
@@ -268,6 +268,9 @@ async fn run_batch_inner(
     };
 
     let mut rules = RowRules::new(opts.strict);
+    if let Some(total) = total {
+        rules.reserve(usize::try_from(total).unwrap_or(0));
+    }
     let model_name: Arc<str> = Arc::from(model.name());
     let run: Arc<str> = Arc::from(run_id.as_str());
     let timestamp = unix_seconds(computed_at);
@@ -276,16 +279,31 @@ async fn run_batch_inner(
     let mut scored = 0u64;
     let mut already = 0u64;
     let mut outcome: Result<(), BatchError> = Ok(());
-    'batches: while let Some(batch) = stream.next().await {
-        let batch = match batch {
+    // Records are prepared (digests, packed inputs, index hashes) on the
+    // blocking pool, a batch per core at a time and in stream order; only
+    // the row rules (the duplicate check) and the hand-off stay on this
+    // loop.
+    let fill = opts.fill;
+    let records = store.is_some();
+    let mut prepared = stream
+        .map(|batch| async move {
+            let batch = batch?;
+            let rows = batch.num_rows();
+            tokio::task::spawn_blocking(move || prepare_batch(&batch, width, fill, records))
+                .await
+                .map_err(|e| BatchError::Invalid(format!("preparing records failed: {e}")))?
+                .map(|p| (rows, p))
+        })
+        .buffered(std::thread::available_parallelism().map_or(2, usize::from));
+    'batches: while let Some(next) = prepared.next().await {
+        let (rows, batch) = match next {
             Ok(b) => b,
             Err(e) => {
-                outcome = Err(e.into());
+                outcome = Err(e);
                 break;
             }
         };
-        let rows = batch.num_rows();
-        let kept = match score_batch(&batch, width, opts.fill, &mut rules) {
+        let kept = match apply_rules(batch, &mut rules) {
             Ok(k) => k,
             Err(e) => {
                 outcome = Err(e);
@@ -338,7 +356,7 @@ async fn run_batch_inner(
                         version: model.version(),
                         source: PredictionSource::Batch,
                         run_id: Some(run.clone()),
-                        digest: Some(row.digest.into()),
+                        digest: row.digest.map(Into::into),
                         inputs: row.inputs.map(Into::into),
                     },
                     ttl: opts.ttl,
@@ -434,70 +452,108 @@ pub(crate) async fn count_rows(ctx: &datafusion::prelude::SessionContext) -> Opt
 }
 
 /// One scored row to write.
+#[derive(Debug)]
 pub(crate) struct ScoredRow {
     pub id: String,
     pub prediction: f64,
-    pub digest: String,
-    /// The inputs, packed ([`tandem_core::record::pack_inputs`]).
+    /// [`feature_digest`] of the inputs (`None`: no store to write to).
+    pub digest: Option<String>,
+    /// The inputs, packed ([`tandem_core::record::pack_inputs`]; `None`:
+    /// no store to write to).
     pub inputs: Option<String>,
     /// [`crate::index::row_hash`] of the inputs.
     pub index_hash: u64,
 }
 
-/// Applies the row rules to one scored batch (`entity_id`, `f0..`,
-/// `prediction`).
-fn score_batch(
+/// One scored batch (`entity_id`, `f0..`, `prediction`) with what each of
+/// its records needs, before the row rules: made by [`prepare_batch`] off
+/// the job's main loop, several batches at once, then taken in order by
+/// [`apply_rules`].
+pub(crate) struct PreparedBatch {
+    ids: StringArray,
+    rows: Vec<PreparedRow>,
+}
+
+struct PreparedRow {
+    /// `None`: null.
+    prediction: Option<f64>,
+    digest: Option<String>,
+    inputs: Option<String>,
+    index_hash: u64,
+    /// A feature was null (filled).
+    missing: bool,
+    /// A feature was NaN (filled).
+    nan: bool,
+}
+
+/// Digests, packed inputs and index hashes of a batch's rows, computed
+/// from the same f32 values `predict` fed the model (`pack_block`: null
+/// and NaN take the fill value), so that the digest, the kept inputs and
+/// the index describe what was scored. Digests and packed inputs only go
+/// into store records, so without `records` they are left out.
+pub(crate) fn prepare_batch(
     batch: &RecordBatch,
     width: usize,
     fill: f32,
+    records: bool,
+) -> Result<PreparedBatch, BatchError> {
+    let rows = batch.num_rows();
+    let ids = strings(batch.column(0))?;
+    let columns: Vec<ArrayRef> = (0..width).map(|f| batch.column(1 + f).clone()).collect();
+    let block = crate::udf::pack_block(&columns, rows, fill)?;
+    let (mut missing, mut nan) = (vec![false; rows], vec![false; rows]);
+    for col in &columns {
+        FeatureColumn::of(col)?.flag_rows(&mut missing, &mut nan);
+    }
+    let preds = doubles(batch.column(1 + width))?;
+    let rows = (0..rows)
+        .map(|r| {
+            let values = &block[r * width..(r + 1) * width];
+            PreparedRow {
+                prediction: preds.is_valid(r).then(|| preds.value(r)),
+                digest: records.then(|| feature_digest(values)),
+                inputs: records.then(|| tandem_core::record::pack_inputs(values)),
+                index_hash: crate::index::row_hash(values),
+                missing: missing[r],
+                nan: nan[r],
+            }
+        })
+        .collect();
+    Ok(PreparedBatch { ids, rows })
+}
+
+/// Applies the row rules, in input order, to a prepared batch: the rows
+/// to write.
+pub(crate) fn apply_rules(
+    batch: PreparedBatch,
     rules: &mut RowRules,
 ) -> Result<Vec<ScoredRow>, BatchError> {
-    let ids = strings(batch.column(0))?;
-    let feats: Vec<FeatureColumn> = (0..width)
-        .map(|f| FeatureColumn::of(batch.column(1 + f)))
-        .collect::<Result<_, _>>()?;
-    let preds = doubles(batch.column(1 + width))?;
-    let mut out = Vec::with_capacity(batch.num_rows());
-    let mut row_values = vec![0f32; width];
-    for r in 0..batch.num_rows() {
+    let ids = &batch.ids;
+    let mut out = Vec::with_capacity(batch.rows.len());
+    for (r, row) in batch.rows.into_iter().enumerate() {
         let id = ids.is_valid(r).then(|| ids.value(r));
         let Some(id) = rules.check_id(id)? else {
             continue;
         };
-        let (mut missing, mut nan) = (false, false);
-        for (f, col) in feats.iter().enumerate() {
-            // The same values, in f32, that `predict` fed the model
-            // (`pack_block`: null and NaN take the fill value), so that the
-            // digest, the kept inputs and the index describe what was scored.
-            row_values[f] = match col.get(r) {
-                None => {
-                    missing = true;
-                    fill
-                }
-                Some(v) if v.is_nan() => {
-                    nan = true;
-                    fill
-                }
-                Some(v) => v,
-            };
-        }
-        if missing {
+        if row.missing {
             rules.filled(id, Reason::MissingFeature)?;
         }
-        if nan {
+        if row.nan {
             rules.filled(id, Reason::NanFeature)?;
         }
-        let prediction = preds.value(r);
-        if preds.is_null(r) || !prediction.is_finite() {
-            rules.skip_current(id, Reason::NonFinitePrediction)?;
-            continue;
-        }
+        let prediction = match row.prediction {
+            Some(p) if p.is_finite() => p,
+            _ => {
+                rules.skip_current(id, Reason::NonFinitePrediction)?;
+                continue;
+            }
+        };
         out.push(ScoredRow {
             id: id.to_owned(),
             prediction,
-            digest: feature_digest(&row_values),
-            inputs: Some(tandem_core::record::pack_inputs(&row_values)),
-            index_hash: crate::index::row_hash(&row_values),
+            digest: row.digest,
+            inputs: row.inputs,
+            index_hash: row.index_hash,
         });
     }
     Ok(out)
@@ -705,5 +761,110 @@ impl OutputFile {
     fn abandon(self) {
         drop(self.writer);
         let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float32Array, Float64Array};
+
+    /// `entity_id, f0 (FLOAT), f1 (DOUBLE), prediction`.
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("entity_id", DataType::Utf8, true),
+            Field::new("f0", DataType::Float32, true),
+            Field::new("f1", DataType::Float64, true),
+            Field::new("prediction", DataType::Float64, true),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![
+                Some("a"),
+                Some("b"),
+                Some("a"),
+                None,
+                Some("c"),
+                Some("d"),
+            ])),
+            Arc::new(Float32Array::from(vec![
+                Some(1.0),
+                None,
+                Some(3.0),
+                Some(4.0),
+                Some(f32::NAN),
+                Some(6.0),
+            ])),
+            Arc::new(Float64Array::from(vec![
+                Some(0.5),
+                Some(f64::NAN),
+                Some(2.5),
+                Some(3.5),
+                Some(4.5),
+                None,
+            ])),
+            Arc::new(Float64Array::from(vec![
+                Some(0.1),
+                Some(0.2),
+                Some(0.3),
+                Some(0.4),
+                Some(f64::NAN),
+                Some(0.6),
+            ])),
+        ];
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    #[test]
+    fn prepared_rows_follow_the_row_rules_in_order_and_describe_the_filled_values() {
+        let mut rules = RowRules::new(false);
+        let rows =
+            apply_rules(prepare_batch(&batch(), 2, -1.0, true).unwrap(), &mut rules).unwrap();
+        // The second "a" and the null id are skipped; "c" has a NaN
+        // prediction.
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "d"]);
+        assert_eq!(rules.rows(), 6);
+        assert_eq!(rules.skipped().values().sum::<u64>(), 3);
+        // "b": f0 null and f1 NaN, both filled; "c" (skipped later) had a
+        // NaN f0; "d": f1 null.
+        let filled = rules.filled_counts();
+        assert_eq!(filled.values().sum::<u64>(), 4, "{filled:?}");
+        let b = &rows[1];
+        assert_eq!(b.prediction, 0.2);
+        assert_eq!(
+            b.digest.as_deref(),
+            Some(feature_digest(&[-1.0, -1.0]).as_str())
+        );
+        assert_eq!(
+            b.inputs.as_deref(),
+            Some(tandem_core::record::pack_inputs(&[-1.0, -1.0]).as_str())
+        );
+        assert_eq!(b.index_hash, crate::index::row_hash(&[-1.0, -1.0]));
+        let d = &rows[2];
+        assert_eq!(d.index_hash, crate::index::row_hash(&[6.0, -1.0]));
+        assert_eq!(rows[0].index_hash, crate::index::row_hash(&[1.0, 0.5]));
+
+        // Without a store, no digests or packed inputs; the same rows.
+        let mut rules = RowRules::new(false);
+        let bare =
+            apply_rules(prepare_batch(&batch(), 2, -1.0, false).unwrap(), &mut rules).unwrap();
+        assert_eq!(bare.len(), 3);
+        assert!(
+            bare.iter()
+                .all(|r| r.digest.is_none() && r.inputs.is_none())
+        );
+        assert_eq!(bare[1].index_hash, b.index_hash);
+
+        // Strict: the first filled value fails the run, naming its row.
+        let mut strict = RowRules::new(true);
+        let err = apply_rules(
+            prepare_batch(&batch(), 2, -1.0, false).unwrap(),
+            &mut strict,
+        )
+        .expect_err("strict");
+        assert!(
+            matches!(&err, BatchError::BadRow { row: 1, entity: Some(e), .. } if e == "b"),
+            "{err}"
+        );
     }
 }

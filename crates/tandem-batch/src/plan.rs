@@ -747,6 +747,9 @@ mod tests {
             .await
             .expect_err("the file changed");
         let msg = err.to_string();
-        assert!(msg.contains("one.parquet") && msg.contains("changed"), "{msg}");
+        assert!(
+            msg.contains("one.parquet") && msg.contains("changed"),
+            "{msg}"
+        );
     }
 }

@@ -3,12 +3,14 @@
 //! are counted; `--strict` turns any of it into an error naming the row.
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use datafusion::arrow::array::{Array, ArrayRef, Float32Array, Float64Array};
+use datafusion::arrow::buffer::NullBuffer;
 
 use crate::digest::id_hash;
 use crate::error::BatchError;
-use crate::index::mix;
+use crate::index::{KeyHasher, mix};
 
 /// A feature column as [`crate::plan::scoring_query`] gives it: FLOAT (f32,
 /// what the model takes) as it is, any other type `TRY_CAST` to DOUBLE.
@@ -53,6 +55,39 @@ impl FeatureColumn {
         match self.get(r) {
             Some(v) if !v.is_nan() => v,
             _ => fill,
+        }
+    }
+
+    /// Marks the rows where this column is null in `missing` and those
+    /// where it is NaN in `nan` (a null slot's value does not count).
+    pub(crate) fn flag_rows(&self, missing: &mut [bool], nan: &mut [bool]) {
+        fn flag<T: Copy>(
+            values: &[T],
+            nulls: Option<&NullBuffer>,
+            is_nan: impl Fn(T) -> bool,
+            missing: &mut [bool],
+            nan: &mut [bool],
+        ) {
+            match nulls {
+                None => {
+                    for (n, v) in nan.iter_mut().zip(values) {
+                        *n |= is_nan(*v);
+                    }
+                }
+                Some(nulls) => {
+                    for (r, v) in values.iter().enumerate().take(nan.len()) {
+                        if nulls.is_null(r) {
+                            missing[r] = true;
+                        } else {
+                            nan[r] |= is_nan(*v);
+                        }
+                    }
+                }
+            }
+        }
+        match self {
+            FeatureColumn::F32(c) => flag(c.values(), c.nulls(), f32::is_nan, missing, nan),
+            FeatureColumn::F64(c) => flag(c.values(), c.nulls(), f64::is_nan, missing, nan),
         }
     }
 
@@ -114,7 +149,7 @@ pub struct RowRules {
     strict: bool,
     /// 64-bit hashes of the ids seen (8 bytes per id; two distinct ids
     /// collide with probability ~n^2 / 2^65, about 3e-6 for 10M ids).
-    seen: HashSet<u64>,
+    seen: HashSet<u64, BuildHasherDefault<KeyHasher>>,
     rows: u64,
     skipped: BTreeMap<&'static str, u64>,
     filled: BTreeMap<&'static str, u64>,
@@ -125,11 +160,18 @@ impl RowRules {
     pub fn new(strict: bool) -> Self {
         RowRules {
             strict,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             rows: 0,
             skipped: BTreeMap::new(),
             filled: BTreeMap::new(),
         }
+    }
+
+    /// Makes room for the ids of `rows` rows up front (the input's row
+    /// count, when known), so that the duplicate check does not rehash as
+    /// it grows.
+    pub fn reserve(&mut self, rows: usize) {
+        self.seen.reserve(rows);
     }
 
     /// Checks a row's id; `Ok(None)` means skip the row.
