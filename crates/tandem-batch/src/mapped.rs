@@ -1,14 +1,17 @@
-//! Local Parquet inputs read through a read-only memory map.
+//! Local Parquet inputs read through read-only memory maps.
 //!
 //! DataFusion reads a local file with `pread` into freshly allocated
 //! buffers: for a row group it fetches every selected column chunk before
 //! decoding, so a 1M-row, one-row-group file was copied whole into new
 //! memory (and the kernel zeroed every new page first) before the first
-//! value was decoded. The decoder only needs the bytes, so a local file is
-//! mapped instead and each range it asks for is a slice of the map: no
-//! copy, no fresh memory, and the pages come straight from the page cache.
-//! Footer and page-index reads still go through the reader DataFusion made
-//! (and its metadata cache).
+//! value was decoded. The decoder only needs the bytes, so each range it
+//! asks for is mapped instead: no copy, no fresh memory, and the pages
+//! come straight from the page cache. Each range is its own map, released
+//! with the last slice of it, as the buffers it replaces were: a run keeps
+//! the row groups it is decoding mapped, not the whole file, so its
+//! resident memory does not grow with the input. Footer and page-index
+//! reads still go through the reader DataFusion made (and its metadata
+//! cache).
 //!
 //! A mapped file must not be truncated in place while a run reads it (the
 //! kernel would stop the process with `SIGBUS` on a read past the new
@@ -60,14 +63,19 @@ impl ParquetFileReaderFactory for MappedReaderFactory {
         let inner = self
             .inner
             .create_reader(partition_index, file, metadata_size_hint, metrics)?;
-        let map = map_file(&path, planned)?;
-        Ok(Box::new(MappedReader { inner, map, path }))
+        let file = open_planned(&path, planned)?;
+        Ok(Box::new(MappedReader {
+            inner,
+            file,
+            len: planned,
+            path,
+        }))
     }
 }
 
-/// The whole of the file at `path`, mapped read-only, provided it still
-/// has the `planned` size the plan was made with.
-fn map_file(path: &Path, planned: u64) -> Result<Bytes> {
+/// The file at `path`, provided it still has the `planned` size the plan
+/// was made with.
+fn open_planned(path: &Path, planned: u64) -> Result<std::fs::File> {
     let context = |e: std::io::Error| {
         DataFusionError::Execution(format!("cannot map {}: {e}", path.display()))
     };
@@ -79,29 +87,21 @@ fn map_file(path: &Path, planned: u64) -> Result<Bytes> {
             path.display()
         )));
     }
-    if len == 0 {
-        return Ok(Bytes::new());
-    }
-    // SAFETY: the map is read-only and private, and every slice of it is
-    // bounds-checked against its length. The one hazard of a file map is
-    // another process truncating the file while it is mapped, which makes
-    // a later read of the lost pages fault (SIGBUS); the module's docs say
-    // so. Changing the bytes in place only changes what is read, as it
-    // would with `pread`.
-    #[allow(unsafe_code)]
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(context)?;
-    Ok(Bytes::from_owner(map))
+    Ok(file)
 }
 
 struct MappedReader {
     inner: Box<dyn AsyncFileReader + Send>,
-    map: Bytes,
+    file: std::fs::File,
+    /// The file's size when it was opened.
+    len: u64,
     path: PathBuf,
 }
 
 impl MappedReader {
+    /// Bytes `range` of the file, mapped read-only.
     fn slice(&self, range: Range<u64>) -> Result<Bytes, ParquetError> {
-        let len = self.map.len() as u64;
+        let len = self.len;
         if range.start > range.end || range.end > len {
             return Err(ParquetError::EOF(format!(
                 "{}: bytes {}..{} asked of a {len}-byte file",
@@ -110,7 +110,27 @@ impl MappedReader {
                 range.end
             )));
         }
-        Ok(self.map.slice(range.start as usize..range.end as usize))
+        if range.start == range.end {
+            return Ok(Bytes::new());
+        }
+        let size = usize::try_from(range.end - range.start)
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        // SAFETY: the map is read-only and private, inside the file as it
+        // was opened (checked above), and only read through the `Bytes`
+        // that own it. The one hazard of a file map is another process
+        // truncating the file while it is mapped, which makes a later read
+        // of the lost pages fault (SIGBUS); the module's docs say so.
+        // Changing the bytes in place only changes what is read, as it
+        // would with `pread`.
+        #[allow(unsafe_code)]
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(range.start)
+                .len(size)
+                .map(&self.file)
+        }
+        .map_err(|e| ParquetError::General(format!("cannot map {}: {e}", self.path.display())))?;
+        Ok(Bytes::from_owner(map))
     }
 }
 
@@ -144,10 +164,11 @@ mod tests {
         let path = dir.path().join("bytes.bin");
         let bytes: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
         std::fs::write(&path, &bytes).expect("write");
-        let map = map_file(&path, bytes.len() as u64).expect("maps");
+        let file = open_planned(&path, bytes.len() as u64).expect("opens");
         let reader = MappedReader {
             inner: Box::new(NoMetadata),
-            map,
+            file,
+            len: bytes.len() as u64,
             path: path.clone(),
         };
         assert_eq!(
@@ -159,9 +180,18 @@ mod tests {
         assert!(err.to_string().contains("9000..10001"), "{err}");
         assert!(reader.slice(Range { start: 5, end: 4 }).is_err());
 
-        let err = map_file(&path, 9_999).expect_err("size changed");
+        // Ranges that start and end off page boundaries.
+        assert_eq!(
+            &reader.slice(4_095..8_193).expect("in range")[..],
+            &bytes[4_095..8_193]
+        );
+        assert_eq!(
+            &reader.slice(9_999..10_000).expect("last byte")[..],
+            &bytes[9_999..]
+        );
+        let err = open_planned(&path, 9_999).expect_err("size changed");
         assert!(err.to_string().contains("changed"), "{err}");
-        let err = map_file(&dir.path().join("missing.parquet"), 0).expect_err("missing");
+        let err = open_planned(&dir.path().join("missing.parquet"), 0).expect_err("missing");
         assert!(err.to_string().contains("missing.parquet"), "{err}");
     }
 
