@@ -15,6 +15,21 @@ redis-server --port "$PORT" --save "" --appendonly no --daemonize yes \
 trap 'redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || true' EXIT
 wall() { python3 -c "import json,sys; s=json.load(sys.stdin); print('%.2f s' % s['wall_seconds'], *[f'{k}={s[k]}' for k in sys.argv[1:]])" "$@"; }
 
+if [ -n "${PAIRS:-}" ]; then
+  # PAIRS=N: N pairs of a full run with --index and the refresh right
+  # after it (then the same refresh again, with nothing left to do).
+  secs() { python3 -c "import json,sys; print('%.2f' % json.load(sys.stdin)['wall_seconds'])"; }
+  echo "| full run | refresh --index | ratio | no-op refresh |"
+  echo "|---:|---:|---:|---:|"
+  for i in $(seq "$PAIRS"); do
+    rm -f "$DATA/1m.idx"
+    full=$("$T" batch -m "$M" -i "$DATA/1m.parquet" --store "$R" --index "$DATA/1m.idx" --json | secs)
+    refresh=$("$T" refresh -m "$M" -i "$DATA/1m-drift.parquet" --store "$R" --changed-threshold 0.5 --index "$DATA/1m.idx" --json | secs)
+    noop=$("$T" refresh -m "$M" -i "$DATA/1m-drift.parquet" --store "$R" --changed-threshold 0.5 --index "$DATA/1m.idx" --json | secs)
+    echo "| $full s | $refresh s | $(python3 -c "print('%.1fx' % ($full / $refresh))") | $noop s |"
+  done
+  exit 0
+fi
 echo "| run | wall | result |"
 echo "|---|---:|---|"
 for i in 1 2; do
