@@ -134,6 +134,48 @@ impl MappedReader {
     }
 }
 
+impl MappedReader {
+    /// Bytes of each of `ranges`, mapping ranges less than [`COALESCE`]
+    /// apart together (as object stores coalesce reads): a row group's
+    /// column chunks are usually one map, so a wide table does not need a
+    /// map per chunk (the kernel allows a process about 65,000).
+    fn slices(&self, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, ParquetError> {
+        let mut order: Vec<usize> = (0..ranges.len()).collect();
+        order.sort_by_key(|&i| ranges[i].start);
+        let mut out = vec![Bytes::new(); ranges.len()];
+        let mut at = 0;
+        while at < order.len() {
+            let first = &ranges[order[at]];
+            let (start, mut end) = (first.start, first.end);
+            let mut next = at + 1;
+            while next < order.len() && ranges[order[next]].start <= end.saturating_add(COALESCE) {
+                end = end.max(ranges[order[next]].end);
+                next += 1;
+            }
+            let map = self.slice(start..end)?;
+            for &i in &order[at..next] {
+                let r = &ranges[i];
+                if r.start > r.end {
+                    return Err(ParquetError::EOF(format!(
+                        "{}: bytes {}..{} asked of a {}-byte file",
+                        self.path.display(),
+                        r.start,
+                        r.end,
+                        self.len
+                    )));
+                }
+                out[i] = map.slice((r.start - start) as usize..(r.end - start) as usize);
+            }
+            at = next;
+        }
+        Ok(out)
+    }
+}
+
+/// Ranges closer than this are mapped together (object_store's default
+/// for coalescing reads).
+const COALESCE: u64 = 1 << 20;
+
 impl AsyncFileReader for MappedReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
         ready(self.slice(range)).boxed()
@@ -143,7 +185,7 @@ impl AsyncFileReader for MappedReader {
         &mut self,
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, Result<Vec<Bytes>, ParquetError>> {
-        ready(ranges.into_iter().map(|r| self.slice(r)).collect()).boxed()
+        ready(self.slices(&ranges)).boxed()
     }
 
     fn get_metadata<'a>(
@@ -189,6 +231,14 @@ mod tests {
             &reader.slice(9_999..10_000).expect("last byte")[..],
             &bytes[9_999..]
         );
+        // Several ranges at once, out of order and overlapping, some
+        // coalesced into one map: each its own bytes.
+        let asked = [9_000..9_500, 10..20, 15..4_000, 3_000_u64..3_000, 0..10_000];
+        let got = reader.slices(&asked).expect("in range");
+        for (r, b) in asked.iter().zip(&got) {
+            assert_eq!(&b[..], &bytes[r.start as usize..r.end as usize], "{r:?}");
+        }
+        assert!(reader.slices(&[0..10, 5..10_001]).is_err());
         let err = open_planned(&path, 9_999).expect_err("size changed");
         assert!(err.to_string().contains("changed"), "{err}");
         let err = open_planned(&dir.path().join("missing.parquet"), 0).expect_err("missing");
