@@ -8,7 +8,7 @@
 # and redis-server and wrk. DURATION (default 20s) per run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-T="${CARGO_TARGET_DIR:-target}/release"
+T="${T:-${CARGO_TARGET_DIR:-target}/release}"
 DATA="${DATA:-/tmp/tandem-bench}"
 RPORT="${RPORT:-16391}"
 PORT="${PORT:-18080}"

@@ -247,7 +247,7 @@ async fn warm_inner(
                 Ok(row) => {
                     let mut values = Vec::with_capacity(names.len());
                     for n in &names {
-                        match row.get(n).map(|v| *v as f32) {
+                        match row.get(n).map(|v| v as f32) {
                             Some(v) if v.is_finite() => values.push(v),
                             _ => {
                                 summary.filled += 1;

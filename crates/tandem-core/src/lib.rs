@@ -7,6 +7,7 @@ pub mod advise;
 pub mod batch;
 pub mod cost;
 pub mod digest;
+pub mod features;
 pub mod policy;
 pub mod record;
 pub mod schema;
@@ -14,11 +15,11 @@ pub mod shard;
 pub mod sla;
 
 pub use batch::{BatchError, FeatureBatch, Predictions};
+pub use features::{FeatureNames, FeatureRow};
 pub use policy::{AnswerSource, Health, HealthThresholds, HybridPolicy, Mode, parse_duration};
-pub use record::{
-    FeatureRow, PredictionRecord, PredictionSource, TtlPolicy, unix_millis, unix_seconds,
-};
+pub use record::{PredictionRecord, PredictionSource, TtlPolicy, unix_millis, unix_seconds};
 pub use schema::{
     FeatureOverride, FeatureSchema, FeatureSource, FeatureSpec, RealtimeFeature, SchemaError,
+    StoredSlots,
 };
 pub use sla::{Observed, SlaResult, SlaTargets};

@@ -1,7 +1,6 @@
 //! Prediction records, feature rows, and the time rules around them (TTLs,
 //! staleness).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -162,10 +161,6 @@ impl TtlPolicy {
         }
     }
 }
-
-/// An entity's stored features by name. Stored as a JSON object of numbers;
-/// a `null` value is read as absent.
-pub type FeatureRow = BTreeMap<String, f64>;
 
 /// Unix time in fractional seconds.
 pub fn unix_seconds(t: SystemTime) -> f64 {

@@ -2,9 +2,12 @@
 //! what it takes when missing; plus the catalogue of real-time features.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::features::{FeatureNames, FeatureRow};
 
 /// Where a feature's value comes from at request time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -237,21 +240,29 @@ impl FeatureSchema {
     /// from the request context if given there, else from `stored`;
     /// request features from the context; real-time features computed at
     /// `now`. Missing or non-finite values take the default; the names of
-    /// those are pushed to `missing`.
+    /// those are pushed to `missing`. `slots` remembers where this schema's
+    /// features sit in the last list of names seen: pass the same one for
+    /// every row of a request.
     pub fn assemble(
         &self,
-        stored: Option<&BTreeMap<String, f64>>,
+        stored: Option<&FeatureRow>,
         context: Option<&BTreeMap<String, f64>>,
         now: SystemTime,
+        slots: &mut StoredSlots,
         out: &mut Vec<f32>,
         missing: &mut Vec<String>,
     ) {
-        for f in &self.features {
+        if let Some(row) = stored {
+            slots.resolve(self, row.names());
+        }
+        for (k, f) in self.features.iter().enumerate() {
             let value = match f.source {
-                FeatureSource::Stored => context
-                    .and_then(|c| c.get(&f.name))
-                    .or_else(|| stored.and_then(|s| s.get(&f.name)))
-                    .copied(),
+                FeatureSource::Stored => {
+                    context.and_then(|c| c.get(&f.name).copied()).or_else(|| {
+                        let row = stored?;
+                        row.value_at(slots.slots[k]?)
+                    })
+                }
                 FeatureSource::Request => context.and_then(|c| c.get(&f.name)).copied(),
                 FeatureSource::Realtime(r) => Some(r.compute(now, self.utc_offset_secs)),
             };
@@ -263,6 +274,32 @@ impl FeatureSchema {
                 }
             }
         }
+    }
+}
+
+/// Where the features of a schema sit in a list of stored feature names,
+/// found once per list: the rows of a feature table share one list, so a
+/// request's rows are assembled by index, not by name.
+#[derive(Debug, Clone, Default)]
+pub struct StoredSlots {
+    names: Option<FeatureNames>,
+    /// Per feature of the schema: its index in `names`.
+    slots: Vec<Option<usize>>,
+}
+
+impl StoredSlots {
+    fn resolve(&mut self, schema: &FeatureSchema, names: &FeatureNames) {
+        if self.names.as_ref().is_some_and(|n| Arc::ptr_eq(n, names)) {
+            return;
+        }
+        self.slots.clear();
+        self.slots.extend(
+            schema
+                .features
+                .iter()
+                .map(|f| names.binary_search_by(|n| (**n).cmp(&f.name)).ok()),
+        );
+        self.names = Some(names.clone());
     }
 }
 
@@ -311,19 +348,48 @@ mod tests {
             },
         );
         let schema = FeatureSchema::new(&names, &overrides, 0).unwrap();
-        let stored = BTreeMap::from([("a".to_string(), 1.5), ("c".to_string(), f64::NAN)]);
+        let stored: FeatureRow = [("a", 1.5), ("c", f64::NAN)].into_iter().collect();
         let mut out = vec![];
         let mut missing = vec![];
-        schema.assemble(Some(&stored), None, at(3600 * 5), &mut out, &mut missing);
+        let mut slots = StoredSlots::default();
+        schema.assemble(
+            Some(&stored),
+            None,
+            at(3600 * 5),
+            &mut slots,
+            &mut out,
+            &mut missing,
+        );
         assert_eq!(out, [1.5, 7.0, 5.0, 0.0]);
         assert_eq!(missing, ["b", "c"]);
 
         let context = BTreeMap::from([("a".to_string(), 9.0), ("b".to_string(), 2.0)]);
         out.clear();
         missing.clear();
-        schema.assemble(Some(&stored), Some(&context), at(0), &mut out, &mut missing);
+        schema.assemble(
+            Some(&stored),
+            Some(&context),
+            at(0),
+            &mut slots,
+            &mut out,
+            &mut missing,
+        );
         assert_eq!(out, [9.0, 2.0, 0.0, 0.0]);
         assert_eq!(missing, ["c"]);
+
+        // A row with another list of names is looked up in its own list,
+        // and the one after it, with the first list again, in that one.
+        let other: FeatureRow = [("0", 0.0), ("c", 3.0), ("zz", 1.0)].into_iter().collect();
+        for (row, want, gone) in [
+            (&other, [0.0, 7.0, 0.0, 3.0], vec!["a", "b"]),
+            (&stored, [1.5, 7.0, 0.0, 0.0], vec!["b", "c"]),
+        ] {
+            out.clear();
+            missing.clear();
+            schema.assemble(Some(row), None, at(0), &mut slots, &mut out, &mut missing);
+            assert_eq!(out, want);
+            assert_eq!(missing, gone);
+        }
     }
 
     #[test]

@@ -10,14 +10,13 @@ use serde::Serialize;
 use tandem_core::digest::feature_digest;
 use tandem_core::{
     AnswerSource, FeatureBatch, FeatureRow, FeatureSchema, HealthThresholds, HybridPolicy, Mode,
-    PredictionRecord, PredictionSource, TtlPolicy, unix_seconds,
+    PredictionRecord, PredictionSource, StoredSlots, TtlPolicy, unix_seconds,
 };
 use tandem_model::{Model, OutputTensor, VersionSpec};
 use tandem_store::{
     FeatureStore, MemoryTier, MemoryTierConfig, PredictionEntry, Store, StoreError, Tier,
     TierLookup, TieredPredictions,
 };
-use tokio::time::timeout_at;
 
 use crate::activity::{Activity, ActivityConfig};
 use crate::batcher::{Batcher, BatcherConfig, Output, Runner, Want};
@@ -558,10 +557,13 @@ impl Engine {
             }
             return;
         }
+        // One timer for both stages (feature fetch, model), not one each.
+        let expiry = tokio::time::sleep_until(deadline_at);
+        tokio::pin!(expiry);
         let stored: Option<Vec<Result<FeatureRow, StoreError>>> = if schema.needs_store() {
             let ids: Vec<String> = need.iter().map(|&i| entities[i].entity.clone()).collect();
             let t = Instant::now();
-            let got = timeout_at(deadline_at, self.features.get_features(&ids)).await;
+            let got = within(expiry.as_mut(), self.features.get_features(&ids)).await;
             telemetry::stage("feature_fetch", t.elapsed());
             match got {
                 Ok(Ok(rows)) => Some(rows),
@@ -591,6 +593,7 @@ impl Engine {
         let mut values: Vec<f32> = Vec::with_capacity(width * need.len());
         let mut rows: Vec<usize> = Vec::with_capacity(need.len());
         let mut missing = Vec::new();
+        let mut slots = StoredSlots::default();
         for (k, &i) in need.iter().enumerate() {
             let q = &entities[i];
             let row = match stored.as_ref().map(|s| &s[k]) {
@@ -610,7 +613,14 @@ impl Engine {
                 continue;
             }
             missing.clear();
-            schema.assemble(row, q.context.as_ref(), now, &mut values, &mut missing);
+            schema.assemble(
+                row,
+                q.context.as_ref(),
+                now,
+                &mut slots,
+                &mut values,
+                &mut missing,
+            );
             if !missing.is_empty() {
                 self.stats.defaults_filled(missing.len());
                 pending[i].warnings.push(format!(
@@ -625,8 +635,8 @@ impl Engine {
             return;
         }
         let runner: Arc<dyn Runner> = model.clone();
-        let done = timeout_at(
-            deadline_at,
+        let done = within(
+            expiry.as_mut(),
             self.batcher
                 .submit(runner, values.clone(), Want::Predictions),
         )
@@ -824,6 +834,19 @@ impl Engine {
                 Err(EngineError::Model("model returned the wrong kind".into()))
             }
         }
+    }
+}
+
+/// `work`'s output, or `Err` when `expiry` comes first (a deadline shared by
+/// several steps: one timer however many steps wait on it).
+async fn within<F: std::future::Future>(
+    expiry: std::pin::Pin<&mut tokio::time::Sleep>,
+    work: F,
+) -> Result<F::Output, ()> {
+    tokio::select! {
+        biased;
+        out = work => Ok(out),
+        () = expiry => Err(()),
     }
 }
 

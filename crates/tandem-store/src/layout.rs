@@ -7,6 +7,8 @@
 //! the braces are a Redis Cluster hash tag keeping every bucket of one
 //! namespace in one slot).
 
+use std::sync::Arc;
+
 use tandem_core::{FeatureRow, PredictionRecord};
 
 use crate::error::StoreError;
@@ -100,10 +102,10 @@ pub fn encode_features(row: &FeatureRow) -> Vec<u8> {
     struct Row<'a>(&'a FeatureRow);
     impl serde::Serialize for Row<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_map(self.0.iter().map(|(k, v)| (k, v.is_finite().then_some(*v))))
+            s.collect_map(self.0.entries())
         }
     }
-    let mut out = Vec::with_capacity(16 + row.len() * 24);
+    let mut out = Vec::with_capacity(16 + row.names().len() * 24);
     // Writing numbers and strings into memory cannot fail.
     let _ = serde_json::to_writer(&mut out, &Row(row));
     out
@@ -162,14 +164,125 @@ impl FeatureEncoder {
 }
 
 /// Decodes a feature row: a JSON object whose values are numbers or `null`
-/// (absent). Anything else is corrupt.
+/// (absent). Anything else is corrupt. Of a name given twice, the last
+/// value counts.
+///
+/// The rows of one feature table have the same names, so each thread keeps
+/// the list of names of the last row it decoded and a row with the same
+/// names shares it: decoding such a row allocates only its values.
 pub fn decode_features(key: &str, bytes: &[u8]) -> Result<FeatureRow, StoreError> {
-    let map: std::collections::BTreeMap<String, Option<f64>> =
-        serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(key, e))?;
-    Ok(map
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect())
+    thread_local! {
+        static LAST: std::cell::RefCell<FeatureRow> = std::cell::RefCell::new(FeatureRow::new());
+    }
+    LAST.with(|last| {
+        let row = {
+            let previous = last.borrow();
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            serde::de::DeserializeSeed::deserialize(RowSeed(&previous), &mut de)
+                .and_then(|row| de.end().map(|()| row))
+                .map_err(|e| StoreError::corrupt(key, e))?
+        };
+        if !Arc::ptr_eq(row.names(), last.borrow().names()) {
+            *last.borrow_mut() = row.clone();
+        }
+        Ok(row)
+    })
+}
+
+/// Decodes a feature object against the names of the previous row.
+struct RowSeed<'a>(&'a FeatureRow);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = FeatureRow;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<FeatureRow, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = FeatureRow;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object of numbers or null")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FeatureRow, A::Error> {
+        let previous = self.0;
+        let last = previous.names();
+        let mut values: Vec<f64> = Vec::with_capacity(last.len());
+        // Once a name differs from the previous row's, every pair is kept.
+        let mut own: Option<Vec<(Box<str>, f64)>> = None;
+        while let Some(name) = map.next_key_seed(NameSeed)? {
+            let value = map.next_value::<Option<f64>>()?.unwrap_or(f64::NAN);
+            match &mut own {
+                None if last.get(values.len()).is_some_and(|n| **n == *name) => {
+                    values.push(value);
+                }
+                None => {
+                    let mut pairs: Vec<(Box<str>, f64)> = last[..values.len()]
+                        .iter()
+                        .cloned()
+                        .zip(values.drain(..))
+                        .collect();
+                    pairs.push((name.into(), value));
+                    own = Some(pairs);
+                }
+                Some(pairs) => pairs.push((name.into(), value)),
+            }
+        }
+        let pairs = match own {
+            None if values.len() == last.len() => {
+                return previous
+                    .sharing_names(values)
+                    .ok_or_else(|| serde::de::Error::custom("one value per name"));
+            }
+            // A prefix of the previous row's names.
+            None => last[..values.len()].iter().cloned().zip(values).collect(),
+            Some(pairs) => pairs,
+        };
+        // Sorted by name, the last of equal names kept (a stable sort keeps
+        // their order).
+        let mut pairs = pairs;
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Box<str>, f64)> = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            match kept.last_mut() {
+                Some(prev) if prev.0 == name => prev.1 = value,
+                _ => kept.push((name, value)),
+            }
+        }
+        let (names, values): (Vec<Box<str>>, Vec<f64>) = kept.into_iter().unzip();
+        FeatureRow::from_parts(names.into(), values)
+            .ok_or_else(|| serde::de::Error::custom("names sorted and distinct"))
+    }
+}
+
+/// A feature name, borrowed from the input when it has no escapes.
+struct NameSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NameSeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NameSeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a feature name")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_string()))
+    }
 }
 
 /// The Redis Cluster hash slot of a key (CRC16/XMODEM of the key, or of its
@@ -294,14 +407,14 @@ mod tests {
         // Too few values: the rest are null (absent when read).
         let back = decode_features("k", &encoder.encode(&[1.0])).unwrap();
         assert_eq!(back.len(), 1);
-        assert_eq!(back["zeta"], 1.0);
+        assert_eq!(back.get("zeta"), Some(1.0));
     }
 
     #[test]
     fn features_round_trip_and_null_is_absent() {
         let mut row = FeatureRow::new();
-        row.insert("a".into(), 1.5);
-        row.insert("b".into(), f64::NAN);
+        row.insert("a", 1.5);
+        row.insert("b", f64::NAN);
         let bytes = encode_features(&row);
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
@@ -309,6 +422,73 @@ mod tests {
         );
         let back = decode_features("k", &bytes).unwrap();
         assert_eq!(back.len(), 1);
-        assert_eq!(back["a"], 1.5);
+        assert_eq!(back.get("a"), Some(1.5));
+    }
+
+    #[test]
+    fn rows_decode_as_maps_and_share_the_names_of_the_row_before() {
+        // What a map of the same JSON holds (the last of a repeated name).
+        let reference = |bytes: &[u8]| -> Vec<(String, f64)> {
+            let map: std::collections::BTreeMap<String, Option<f64>> =
+                serde_json::from_slice(bytes).unwrap();
+            map.into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect()
+        };
+        let docs: [&[u8]; 10] = [
+            br#"{"a":1,"b":2.5,"c":-3e2}"#,
+            br#"{"a":4,"b":5,"c":6}"#,
+            // Fewer names, then more, then another order.
+            br#"{"a":7,"b":8}"#,
+            br#"{"a":1,"b":2,"c":3,"d":4}"#,
+            br#"{"c":1,"a":2,"b":3}"#,
+            // A name given twice, a null, an escaped name, an empty object.
+            br#"{"a":1,"b":2,"a":9}"#,
+            br#"{"a":null,"b":2,"c":3}"#,
+            br#"{"a\u0062":1,"b":2,"c":3}"#,
+            br#"{}"#,
+            br#"{"a":1,"b":2.5,"c":-3e2}"#,
+        ];
+        let mut before: Option<FeatureRow> = None;
+        for doc in docs {
+            let row = decode_features("k", doc).unwrap();
+            let got: Vec<(String, f64)> = row.iter().map(|(k, v)| (k.to_string(), v)).collect();
+            assert_eq!(got, reference(doc), "{}", String::from_utf8_lossy(doc));
+            if let Some(before) = &before {
+                let same_names = before.names()[..] == row.names()[..];
+                assert_eq!(
+                    Arc::ptr_eq(before.names(), row.names()),
+                    same_names,
+                    "{}",
+                    String::from_utf8_lossy(doc)
+                );
+            }
+            before = Some(row);
+        }
+        // Rows of one table: one list of names between them.
+        let encoder = FeatureEncoder::new(&["x".to_string(), "y".to_string()]);
+        let rows: Vec<FeatureRow> = (0..3)
+            .map(|i| decode_features("k", &encoder.encode(&[f64::from(i), 1.0])).unwrap())
+            .collect();
+        assert!(
+            rows.windows(2)
+                .all(|w| Arc::ptr_eq(w[0].names(), w[1].names()))
+        );
+        assert_eq!(rows[2].get("x"), Some(2.0));
+        // A bad row after a good one is still an error, and the next good
+        // row is still right.
+        for bad in [
+            &br#"{"x":1,"y":"s"}"#[..],
+            br#"{"x":1,"y":2"#,
+            br#"{"x":1}x"#,
+            b"[1]",
+        ] {
+            assert!(matches!(
+                decode_features("k", bad),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+        let after = decode_features("k", &encoder.encode(&[5.0, 6.0])).unwrap();
+        assert_eq!(after.iter().collect::<Vec<_>>(), [("x", 5.0), ("y", 6.0)]);
     }
 }

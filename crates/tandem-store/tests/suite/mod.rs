@@ -83,8 +83,8 @@ pub async fn prediction_round_trip(h: &impl Harness) {
 pub async fn feature_round_trip(h: &impl Harness) {
     let store = h.store();
     let mut a = FeatureRow::new();
-    a.insert("age".into(), 31.0);
-    a.insert("spend".into(), -2.5e-3);
+    a.insert("age", 31.0);
+    a.insert("spend", -2.5e-3);
     let b = FeatureRow::new();
     store
         .put_features(&[("a".into(), a.clone()), ("b".into(), b.clone())], None)
@@ -106,7 +106,7 @@ pub async fn ttl_expiry(h: &impl Harness) {
         .await
         .unwrap();
     let mut short = FeatureRow::new();
-    short.insert("x".into(), 1.0);
+    short.insert("x", 1.0);
     store
         .put_features(&[("f".into(), short)], Some(Duration::from_millis(700)))
         .await
@@ -134,14 +134,14 @@ pub async fn large_batches(h: &impl Harness) {
     let rows: Vec<(String, FeatureRow)> = (0..n)
         .map(|i| {
             let mut row = FeatureRow::new();
-            row.insert("i".into(), i as f64);
+            row.insert("i", i as f64);
             (format!("e{i}"), row)
         })
         .collect();
     store.put_features(&rows, None).await.unwrap();
     let got = store.get_features(&ids(0..n)).await.unwrap();
     for (i, g) in got.iter().enumerate() {
-        assert_eq!(g.as_ref().unwrap()["i"], i as f64);
+        assert_eq!(g.as_ref().unwrap().get("i"), Some(i as f64));
     }
 }
 
