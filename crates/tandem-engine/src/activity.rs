@@ -1,34 +1,34 @@
 //! Activity tracking: every entity asked for is counted in the store's
 //! activity log (time buckets, so "top-K over the last H hours" is one
-//! call), off the request path. Requests push ids into a bounded queue (a
-//! full queue drops the id and counts it, never delays the answer); one
-//! task drains it and adds the counts up per entity for up to
-//! [`FLUSH_EVERY`] (or [`MAX_DISTINCT`] distinct entities), then writes
-//! them in one call: a hot entity asked for a thousand times in that window
-//! is one counter increment of 1000, and the store sees a few writes per
-//! second whatever the request rate. At very high rates, `sample` records a
-//! share of requests (each kept id counts once; the ranking of the top-K
-//! is kept in expectation).
+//! call), off the request path.
+//!
+//! A request adds its ids to the counts of its thread's shard (a map from
+//! entity to requests behind an uncontended lock: a hot entity costs a hash
+//! and an increment, no allocation, no message, no wake-up). One task takes
+//! the shards' counts [`FLUSH_EVERY`] after the first id since the last
+//! write, or at once when a shard fills up, adds them up per entity and
+//! writes them in slices: a hot entity asked for a thousand times in that
+//! window is one counter increment of 1000, and the store sees a few writes
+//! per second whatever the request rate. Counts of at most `queue` distinct
+//! entities wait at once; beyond that an id is dropped and counted, never
+//! delaying the answer. At very high rates, `sample` records a share of
+//! requests (each kept id counts once; the ranking of the top-K is kept in
+//! expectation).
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tandem_core::shard::Counter;
 use tandem_store::ActivityLog;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
-
-const BATCH: usize = 1024;
 
 /// Longest time counts wait before they are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-
-/// Distinct entities after which counts are written at once.
-pub const MAX_DISTINCT: usize = 16_384;
 
 /// Entities per write.
 const WRITE_SLICE: usize = 256;
@@ -40,7 +40,7 @@ pub struct ActivityConfig {
     pub enabled: bool,
     /// Share of requests recorded, 0..=1.
     pub sample: f64,
-    /// Ids waiting to be written.
+    /// Distinct entities whose counts may wait to be written.
     pub queue: usize,
 }
 
@@ -59,7 +59,7 @@ impl Default for ActivityConfig {
 pub struct ActivityCounts {
     /// Ids written to the activity log.
     pub recorded: u64,
-    /// Ids dropped on a full queue.
+    /// Ids dropped because too many distinct entities were waiting.
     pub dropped: u64,
     /// Ids whose write failed (store down).
     pub failed: u64,
@@ -75,12 +75,40 @@ struct Counts {
     sampled_out: Counter,
 }
 
-/// Handle to the recorder task.
+/// The counts one thread has added since the last write.
+#[derive(Default)]
+struct Shard {
+    pending: HashMap<String, u64>,
+    ids: u64,
+}
+
+/// A shard on its own cache line, so threads do not share one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(SyncMutex<Shard>);
+
+/// What requests and the writer task share.
+struct Shared {
+    shards: Box<[Padded]>,
+    /// Distinct entities one shard may hold.
+    per_shard: usize,
+    /// Set by the first id after a write; the writer clears it before it
+    /// takes the shards.
+    armed: AtomicBool,
+    /// A shard is full: write now.
+    full: AtomicBool,
+    /// No more ids are taken (after [`Activity::flush`]).
+    closed: AtomicBool,
+    wake: Notify,
+    /// Ids dropped because their thread's shard was full.
+    dropped: Counter,
+}
+
+/// Handle to the recorder.
 pub struct Activity {
-    tx: Option<mpsc::Sender<String>>,
+    shared: Option<Arc<Shared>>,
     sample: f64,
     counts: Arc<Counts>,
-    stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -109,118 +137,137 @@ fn draw() -> f64 {
     })
 }
 
+/// This thread's shard number (threads take numbers in turn).
+fn shard_of_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    MINE.with(|m| *m)
+}
+
+impl Shared {
+    /// Adds one request of each id to this thread's shard.
+    fn add(&self, ids: &[&String]) {
+        let shard = &self.shards[shard_of_thread() % self.shards.len()];
+        let mut dropped = 0;
+        let mut full = false;
+        {
+            let mut s = shard.0.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                if let Some(n) = s.pending.get_mut(id.as_str()) {
+                    *n += 1;
+                } else if s.pending.len() < self.per_shard {
+                    s.pending.insert((*id).clone(), 1);
+                } else {
+                    dropped += 1;
+                    full = true;
+                    continue;
+                }
+                s.ids += 1;
+            }
+            full |= s.pending.len() >= self.per_shard;
+        }
+        if dropped > 0 {
+            self.dropped.add(dropped);
+        }
+        if full && !self.full.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes every shard's counts, added up per entity, and how many ids
+    /// they count.
+    fn take(&self) -> (HashMap<String, u64>, u64) {
+        let mut all: HashMap<String, u64> = HashMap::new();
+        let mut ids = 0;
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *shard.0.lock().unwrap_or_else(|p| p.into_inner()));
+            ids += taken.ids;
+            if all.is_empty() {
+                all = taken.pending;
+            } else {
+                for (id, n) in taken.pending {
+                    *all.entry(id).or_default() += n;
+                }
+            }
+        }
+        (all, ids)
+    }
+}
+
 impl Activity {
     /// Starts the recorder on the current tokio runtime.
     pub fn start(log: Arc<dyn ActivityLog>, config: ActivityConfig) -> Activity {
         let counts = Arc::new(Counts::default());
-        let (stop, mut stopped) = watch::channel(false);
         if !config.enabled {
             return Activity {
-                tx: None,
+                shared: None,
                 sample: 0.0,
                 counts,
-                stop,
                 task: Mutex::new(None),
             };
         }
-        let (tx, mut rx) = mpsc::channel::<String>(config.queue.max(1));
-        let task_counts = counts.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(BATCH);
-            let mut pending: HashMap<String, u64> = HashMap::new();
-            let mut ids = 0u64;
-            let mut deadline: Option<tokio::time::Instant> = None;
-            let mut stopping = false;
-            let mut closed = false;
-            loop {
-                let flush_due = deadline
-                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-                tokio::select! {
-                    biased;
-                    n = rx.recv_many(&mut buf, BATCH), if !closed => {
-                        if n == 0 {
-                            closed = true;
-                        }
-                    }
-                    _ = stopped.changed(), if !stopping => {
-                        stopping = true;
-                        rx.close();
-                        continue;
-                    }
-                    () = tokio::time::sleep_until(flush_due), if deadline.is_some() => {}
-                }
-                ids += buf.len() as u64;
-                for id in buf.drain(..) {
-                    *pending.entry(id).or_default() += 1;
-                }
-                if !pending.is_empty() && deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + FLUSH_EVERY);
-                }
-                let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-                if !pending.is_empty() && (due || closed || pending.len() >= MAX_DISTINCT) {
-                    let counts: Vec<(String, u64)> = pending.drain().collect();
-                    // In slices, one after another: one burst of thousands
-                    // of increments would hold a shared Redis for
-                    // milliseconds, in front of the reads of requests.
-                    let now = SystemTime::now();
-                    let mut result = Ok(());
-                    for slice in counts.chunks(WRITE_SLICE) {
-                        result = log.record_activity_counts(slice, now).await;
-                        if result.is_err() {
-                            break;
-                        }
-                    }
-                    match result {
-                        Ok(()) => task_counts.recorded.add(ids),
-                        Err(e) => {
-                            tracing::warn!("recording the activity of {ids} requests failed: {e}");
-                            task_counts.failed.add(ids);
-                        }
-                    }
-                    ids = 0;
-                    deadline = None;
-                }
-                if closed {
-                    break;
-                }
-            }
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let n = (threads * 2).clamp(2, 64).min(config.queue.max(1));
+        let shared = Arc::new(Shared {
+            shards: (0..n).map(|_| Padded::default()).collect(),
+            per_shard: (config.queue / n).max(1),
+            armed: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            wake: Notify::new(),
+            dropped: Counter::default(),
         });
+        let task = tokio::spawn(write_counts(log, shared.clone(), counts.clone()));
         Activity {
-            tx: Some(tx),
+            shared: Some(shared),
             sample: config.sample.clamp(0.0, 1.0),
             counts,
-            stop,
             task: Mutex::new(Some(task)),
         }
     }
 
     /// Counts one request for each of `entities` (never waits).
     pub fn record(&self, entities: &[String]) {
-        let Some(tx) = &self.tx else { return };
+        let Some(shared) = &self.shared else { return };
+        if shared.closed.load(Ordering::Acquire) {
+            self.counts.dropped.add(entities.len() as u64);
+            return;
+        }
+        let mut kept: Vec<&String> = Vec::with_capacity(entities.len());
         for e in entities {
             if self.sample < 1.0 && draw() >= self.sample {
                 self.counts.sampled_out.add(1);
-                continue;
+            } else {
+                kept.push(e);
             }
-            if tx.try_send(e.clone()).is_err() {
-                self.counts.dropped.add(1);
-            }
+        }
+        if !kept.is_empty() {
+            shared.add(&kept);
         }
     }
 
     /// The counts so far.
     pub fn counts(&self) -> ActivityCounts {
+        let dropped = self.shared.as_ref().map_or(0, |s| s.dropped.get());
         ActivityCounts {
             recorded: self.counts.recorded.get(),
-            dropped: self.counts.dropped.get(),
+            dropped: self.counts.dropped.get() + dropped,
             failed: self.counts.failed.get(),
             sampled_out: self.counts.sampled_out.get(),
         }
     }
 
-    /// Stops taking ids and writes the queued ones.
+    /// Stops taking ids and writes the counts waiting.
     pub async fn flush(&self) {
-        let _ = self.stop.send(true);
+        if let Some(shared) = &self.shared {
+            shared.closed.store(true, Ordering::Release);
+            shared.wake.notify_one();
+        }
         let task = self.task.lock().await.take();
         if let Some(t) = task {
             let _ = t.await;
@@ -228,9 +275,76 @@ impl Activity {
     }
 }
 
+impl Drop for Activity {
+    /// Lets the writer write what is waiting and stop.
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.closed.store(true, Ordering::Release);
+            shared.wake.notify_one();
+        }
+    }
+}
+
+/// The writer task: waits for a first id, gives others [`FLUSH_EVERY`] to
+/// join it (less when a shard fills), writes, and stops once closed and
+/// written.
+async fn write_counts(log: Arc<dyn ActivityLog>, shared: Arc<Shared>, counts: Arc<Counts>) {
+    loop {
+        let closed = shared.closed.load(Ordering::Acquire);
+        if !closed && !shared.armed.load(Ordering::Acquire) {
+            shared.wake.notified().await;
+            continue;
+        }
+        if !closed && !shared.full.load(Ordering::Acquire) {
+            // Give the window its time, unless a shard fills or we close.
+            let _ = tokio::time::timeout(FLUSH_EVERY, async {
+                loop {
+                    shared.wake.notified().await;
+                    if shared.full.load(Ordering::Acquire) || shared.closed.load(Ordering::Acquire)
+                    {
+                        return;
+                    }
+                }
+            })
+            .await;
+        }
+        // Cleared before taking: an id added after this point arms it
+        // again and is written next time (or now, if it is in time).
+        shared.armed.store(false, Ordering::Release);
+        shared.full.store(false, Ordering::Release);
+        let (pending, ids) = shared.take();
+        if !pending.is_empty() {
+            let pending: Vec<(String, u64)> = pending.into_iter().collect();
+            // In slices, one after another: one burst of thousands of
+            // increments would hold a shared Redis for milliseconds, in
+            // front of the reads of requests.
+            let now = SystemTime::now();
+            let mut result = Ok(());
+            for slice in pending.chunks(WRITE_SLICE) {
+                result = log.record_activity_counts(slice, now).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => counts.recorded.add(ids),
+                Err(e) => {
+                    tracing::warn!("recording the activity of {ids} requests failed: {e}");
+                    counts.failed.add(ids);
+                }
+            }
+        }
+        if closed {
+            // Ids added while closing were counted as dropped by `record`
+            // or taken above.
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::draw;
+    use super::*;
 
     #[test]
     fn draws_are_uniform_enough() {
@@ -238,5 +352,94 @@ mod tests {
         let below: usize = (0..n).filter(|_| draw() < 0.25).count();
         assert!((23_000..27_000).contains(&below), "{below}");
         assert!((0..1000).map(|_| draw()).all(|x| (0.0..1.0).contains(&x)));
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<dyn tandem_store::Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tandem_store::open(dir.path().join("a.redb").to_str().unwrap()).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_from_every_thread_add_up_exactly() {
+        let (_dir, store) = store();
+        let activity = Arc::new(Activity::start(store.clone(), ActivityConfig::default()));
+        // Entity i asked for i + 1 times, from 8 tasks on 2 threads, in
+        // requests of one to three ids, over several write windows.
+        let mut tasks = vec![];
+        for t in 0..8u64 {
+            let activity = activity.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut asked = vec![];
+                for i in 0..200u64 {
+                    for _ in 0..(i + 1) {
+                        if (i + t) % 8 == 0 {
+                            asked.push(format!("e{i}"));
+                        }
+                    }
+                }
+                for chunk in asked.chunks(3) {
+                    activity.record(chunk);
+                    if chunk.len() == 3 && chunk[0].ends_with('7') {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Counts are written without a flush, once their window is over.
+        let waited = std::time::Instant::now();
+        while activity.counts().recorded == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "nothing written: {:?}",
+                activity.counts()
+            );
+            tokio::time::sleep(FLUSH_EVERY).await;
+        }
+        activity.flush().await;
+        let total: u64 = (1..=200).sum();
+        assert_eq!(
+            activity.counts(),
+            ActivityCounts {
+                recorded: total,
+                dropped: 0,
+                failed: 0,
+                sampled_out: 0
+            }
+        );
+        let top = store
+            .top_active(5, Duration::from_secs(3600), SystemTime::now())
+            .await
+            .unwrap();
+        let got: Vec<(String, u64)> = top.into_iter().map(|a| (a.entity, a.count)).collect();
+        let want: Vec<(String, u64)> = (195..200u64)
+            .rev()
+            .map(|i| (format!("e{i}"), i + 1))
+            .collect();
+        assert_eq!(got, want);
+        // After the flush nothing more is taken, and it says so.
+        activity.record(&["late".to_string()]);
+        assert_eq!(activity.counts().dropped, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entities_beyond_the_bound_are_dropped_and_counted() {
+        let (_dir, store) = store();
+        let config = ActivityConfig {
+            queue: 2,
+            ..ActivityConfig::default()
+        };
+        let activity = Activity::start(store.clone(), config);
+        let ids: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+        // One call: one thread, one shard holding at most one entity.
+        activity.record(&ids);
+        activity.flush().await;
+        let c = activity.counts();
+        assert_eq!(c.recorded + c.dropped, 10, "{c:?}");
+        assert!(c.dropped >= 8, "{c:?}");
+        assert_eq!(c.failed, 0);
     }
 }

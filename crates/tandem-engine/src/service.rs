@@ -419,7 +419,7 @@ impl Engine {
         if policy.mode != Mode::BatchOnly && !need.is_empty() {
             self.compute(
                 &model,
-                schema.as_deref(),
+                schema.as_ref(),
                 &req.entities,
                 &need,
                 now,
@@ -531,7 +531,7 @@ impl Engine {
     async fn compute(
         &self,
         model: &Arc<Model>,
-        schema: Option<&FeatureSchema>,
+        schema: Option<&Arc<FeatureSchema>>,
         entities: &[EntityQuery],
         need: &[usize],
         now: SystemTime,
@@ -593,7 +593,7 @@ impl Engine {
         let mut values: Vec<f32> = Vec::with_capacity(width * need.len());
         let mut rows: Vec<usize> = Vec::with_capacity(need.len());
         let mut missing = Vec::new();
-        let mut slots = StoredSlots::default();
+        let mut slots = take_slots(schema);
         for (k, &i) in need.iter().enumerate() {
             let q = &entities[i];
             let row = match stored.as_ref().map(|s| &s[k]) {
@@ -631,6 +631,7 @@ impl Engine {
             }
             rows.push(i);
         }
+        put_slots(schema, slots);
         if rows.is_empty() {
             return;
         }
@@ -835,6 +836,43 @@ impl Engine {
             }
         }
     }
+}
+
+/// How many schemas' slots each thread keeps.
+const SLOT_CACHE: usize = 8;
+
+thread_local! {
+    /// Where each schema's stored features sit in the rows this thread
+    /// decodes (one list of names per feature table; see
+    /// [`StoredSlots`]), kept across requests so that the names are looked
+    /// up once, not once per request.
+    static SLOTS: std::cell::RefCell<Vec<(Arc<FeatureSchema>, StoredSlots)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's slots for `schema` (empty the first time).
+fn take_slots(schema: &Arc<FeatureSchema>) -> StoredSlots {
+    SLOTS.with_borrow_mut(|cache| {
+        cache
+            .iter_mut()
+            .find(|(s, _)| Arc::ptr_eq(s, schema))
+            .map(|(_, slots)| std::mem::take(slots))
+            .unwrap_or_default()
+    })
+}
+
+/// Keeps `slots` for the next request to `schema` on this thread.
+fn put_slots(schema: &Arc<FeatureSchema>, slots: StoredSlots) {
+    SLOTS.with_borrow_mut(|cache| {
+        if let Some(entry) = cache.iter_mut().find(|(s, _)| Arc::ptr_eq(s, schema)) {
+            entry.1 = slots;
+            return;
+        }
+        if cache.len() == SLOT_CACHE {
+            cache.remove(0);
+        }
+        cache.push((schema.clone(), slots));
+    });
 }
 
 /// `work`'s output, or `Err` when `expiry` comes first (a deadline shared by
