@@ -5,7 +5,9 @@
 # Needs release builds:
 #   cargo build --release -p tandem-cli --bin tandem -p tandem-server --example ceiling \
 #     -p tandem-batch --example batch_bench
-# and redis-server and wrk. DURATION (default 20s) per run.
+# and redis-server and wrk. DURATION (default 20s) per run; T names the
+# build directory (default $CARGO_TARGET_DIR/release). For A/B comparisons
+# on a noisy machine, see serve-ab.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 T="${T:-${CARGO_TARGET_DIR:-target}/release}"
