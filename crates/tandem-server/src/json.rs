@@ -94,7 +94,8 @@ pub fn number(v: f64) -> Value {
 /// Serializes a response, writing the markers of [`number`] as bare
 /// `NaN`/`Infinity`/`-Infinity`.
 pub fn to_body(v: &Value) -> String {
-    let text = v.to_string();
+    // Into a byte buffer, not through `Display`'s formatter adapter.
+    let text = serde_json::to_string(v).unwrap_or_default();
     if !text.contains("\\u0001") {
         return text;
     }
