@@ -70,40 +70,46 @@ where
         if rx.recv_many(&mut asks, MAX_MERGED).await == 0 {
             return;
         }
-        let batch: Vec<Ask<T>> = std::mem::take(&mut asks)
-            .into_iter()
+        // The ids move into the merged read; each caller keeps its count.
+        let mut ids: Vec<String> = Vec::new();
+        let batch: Vec<(Reply<T>, usize)> = asks
+            .drain(..)
             .filter(|a| !a.reply.is_closed())
+            .map(|a| {
+                let n = a.ids.len();
+                ids.extend(a.ids);
+                (a.reply, n)
+            })
             .collect();
         if batch.is_empty() {
             continue;
         }
-        let ids: Vec<String> = batch.iter().flat_map(|a| a.ids.iter().cloned()).collect();
         let fut = read(ids);
         tokio::spawn(async move {
             let result = fut.await;
             drop(permit);
-            let asked: usize = batch.iter().map(|a| a.ids.len()).sum();
+            let asked: usize = batch.iter().map(|(_, n)| n).sum();
             match result {
                 Ok(values) if values.len() != asked => {
                     let e = StoreError::Backend {
                         backend: "coalescer",
                         detail: format!("{} values for {asked} keys", values.len()),
                     };
-                    for a in batch {
-                        let _ = a.reply.send(Err(e.clone()));
+                    for (reply, _) in batch {
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
                 Ok(values) => {
                     // Hand each caller its own slice, in order.
                     let mut rest = values.into_iter();
-                    for a in batch {
-                        let mine: Vec<Lookup<T>> = rest.by_ref().take(a.ids.len()).collect();
-                        let _ = a.reply.send(Ok(mine));
+                    for (reply, n) in batch {
+                        let mine: Vec<Lookup<T>> = rest.by_ref().take(n).collect();
+                        let _ = reply.send(Ok(mine));
                     }
                 }
                 Err(e) => {
-                    for a in batch {
-                        let _ = a.reply.send(Err(e.clone()));
+                    for (reply, _) in batch {
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
