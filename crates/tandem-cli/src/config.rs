@@ -147,7 +147,8 @@ pub struct ActivitySection {
     pub enabled: bool,
     /// Share of requests recorded (0..1), for very high rates.
     pub sample: f64,
-    /// Entity ids waiting to be written; beyond, they are dropped (counted).
+    /// Distinct entities whose counts may wait to be written; an id
+    /// beyond is dropped (counted).
     pub queue: usize,
 }
 
