@@ -1,15 +1,19 @@
 //! The digest index: for every entity a batch run (or a refresh) wrote,
 //! what its record was made from: the 64-bit digest of its input features,
-//! when it was computed and when it expires, plus the model name and
-//! version of the run. 24 bytes per entity in a local file.
+//! the inputs themselves as half floats (the same values the record keeps,
+//! [`tandem_core::record::half_bytes`]), when it was computed and when it
+//! expires, plus the model name and version of the run. 24 bytes per
+//! entity plus 2 per feature, in a local file.
 //!
 //! `tandem refresh --index PATH` reads it to tell, from the input alone,
 //! which entities cannot need a rescore (same features, same model, not
-//! too old, not expired), and reads the stored records of the others only:
-//! on a typical day, a few percent. The index trusts that records live
-//! until their TTL; a store that evicts early (Redis `maxmemory` with an
-//! eviction policy) can lose records the index still lists, so refresh
-//! without `--index` now and then finds those as `missing`.
+//! too old, not expired), and, with `--changed-threshold`, how far the
+//! others' features moved since their record was made: it reads the stored
+//! records of none of them, and writes the ones that need it. The index
+//! trusts that records live until their TTL; a store that evicts early
+//! (Redis `maxmemory` with an eviction policy) can lose records the index
+//! still lists, so refresh without `--index` now and then finds those as
+//! `missing`.
 //!
 //! Entries keep the order in which the run met the entities, which is the
 //! input's order (up to the interleaving of parallel batches). Tomorrow's
@@ -20,40 +24,58 @@
 //! access; a hash lookup per entity costs one or two cache misses, which
 //! was most of a no-op refresh.
 //!
-//! File layout (little endian): magic `TNDMIDX2`, model name length (u32)
-//! and bytes, version (u64), entry count (u64), then the entries in that
-//! order: id hash (u64), digest (u64, [`row_hash`]),
-//! computed_at (u32 unix seconds), expires_at (u32 unix seconds). Written
-//! to a temporary file and renamed, so a reader never sees half an index.
+//! File layout (little endian): magic `TNDMIDX3`, model name length (u32)
+//! and bytes, version (u64), entry count (u64), width (u32: features kept
+//! per entity, 0 for none), then the entries in that order: id hash (u64),
+//! digest (u64, [`row_hash`]), computed_at (u32 unix seconds), expires_at
+//! (u32 unix seconds); then every entry's inputs in the same order, `2 x
+//! width` bytes each (IEEE half floats; all bits set where they are not
+//! known). The inputs stay in a read-only map of the file: a refresh reads
+//! the pages of the entities it looks at, not 64 MB for 1M entities of 32
+//! features. Written to a temporary file and renamed, so a reader never
+//! sees half an index. An index written before the inputs were kept
+//! (`TNDMIDX2`: the same without the width and the inputs) is read as one
+//! of width 0 and rewritten whole by its next save.
 //!
 //! A refresh changes a few percent of the entries, so rather than
-//! rewriting the whole file (24 MB for 1M entities) it appends a *journal
-//! segment* with what changed: magic `TNDMJRN1`, record count (u64), the
-//! records (position u64, id hash u64, then the entry's 16 bytes as above;
-//! a position equal to the entry count so far appends a new entity), and a
+//! rewriting the whole file it appends a *journal segment* with what
+//! changed: magic `TNDMJRN2`, record count (u64), the records (position
+//! u64, id hash u64, the entry's 16 bytes as above, then its inputs; a
+//! position equal to the entry count so far appends a new entity), and a
 //! checksum (u64) of the count and records. A reader applies the segments
 //! in order after the entries. A segment cut short (the process killed
 //! mid-append), with a bad checksum, or naming a position whose key does
 //! not match is ignored together with everything after it, and the next
 //! append starts where the valid part ends: losing a segment only makes
-//! the next refresh read those entities' records from the store (their
-//! indexed digests are the older ones). Once the journal holds more than
-//! a quarter as many records as the index has entries, the next save
-//! rewrites the whole file without a journal (compaction).
+//! the next refresh judge those entities by their older entries (their
+//! digests differ from the input's, so they are looked at again). Once the
+//! journal holds more than a quarter as many records as the index has
+//! entries, the next save rewrites the whole file without a journal
+//! (compaction).
+//!
+//! The file is mapped, so it must not be truncated in place while a
+//! process reads it; tandem only ever replaces it (a rename) or appends to
+//! it, and cuts off only a torn tail that no reader uses.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use crate::error::BatchError;
 
-const MAGIC: &[u8; 8] = b"TNDMIDX2";
-const JOURNAL_MAGIC: &[u8; 8] = b"TNDMJRN1";
-/// Bytes of one journal record.
+const MAGIC: &[u8; 8] = b"TNDMIDX3";
+const JOURNAL_MAGIC: &[u8; 8] = b"TNDMJRN2";
+/// The layout before inputs were kept (read, never written).
+const MAGIC_V2: &[u8; 8] = b"TNDMIDX2";
+const JOURNAL_MAGIC_V1: &[u8; 8] = b"TNDMJRN1";
+/// Bytes of one journal record without its inputs.
 const RECORD: usize = 32;
+/// A half float with all bits set (a NaN): an input not known.
+const UNKNOWN: u8 = 0xff;
 
 /// The index's hash of one row of inputs: the f32 bits mixed in feature
 /// order (one multiply per feature, so that refresh can hash a batch
@@ -119,6 +141,8 @@ pub struct DigestIndex {
     pub version: u64,
     keys: Vec<u64>,
     entries: Vec<IndexEntry>,
+    /// Each entity's inputs as half floats.
+    inputs: Inputs,
     /// Position by key, built on the first lookup that misses the cursor.
     map: OnceLock<KeyMap>,
     /// The file this index was read from or last saved to, while memory
@@ -126,8 +150,102 @@ pub struct DigestIndex {
     disk: Option<OnDisk>,
 }
 
-/// A journal record: position, id hash, entry.
-type JournalRecord = (usize, u64, IndexEntry);
+/// Every entity's inputs, `2 x width` bytes each: those of the entities
+/// in the file read stay in its map until changed.
+#[derive(Debug, Default)]
+struct Inputs {
+    /// Features kept per entity (0: none).
+    width: usize,
+    /// The file read, and where its inputs start.
+    mapped: Option<(memmap2::Mmap, usize)>,
+    /// Entities `0..mapped_len` have their inputs in `mapped`.
+    mapped_len: usize,
+    /// The inputs of entities `mapped_len..`, in order.
+    owned: Vec<u8>,
+    /// Mapped entities changed since: position to offset in `changed_bytes`.
+    changed: HashMap<u32, usize, BuildHasherDefault<KeyHasher>>,
+    changed_bytes: Vec<u8>,
+}
+
+impl Inputs {
+    fn stride(&self) -> usize {
+        2 * self.width
+    }
+
+    /// The inputs of entity `at`, when the index keeps inputs and has it.
+    fn get(&self, at: usize) -> Option<&[u8]> {
+        let n = self.stride();
+        if n == 0 {
+            return None;
+        }
+        if at < self.mapped_len {
+            if let Some(&o) = u32::try_from(at).ok().and_then(|a| self.changed.get(&a)) {
+                return self.changed_bytes.get(o..o + n);
+            }
+            let (map, start) = self.mapped.as_ref()?;
+            let o = start + at * n;
+            return map.get(o..o + n);
+        }
+        let o = (at - self.mapped_len) * n;
+        self.owned.get(o..o + n)
+    }
+
+    /// Sets the inputs of entity `at` (one past the last appends); inputs
+    /// of another width are kept as unknown.
+    fn set(&mut self, at: usize, bytes: &[u8]) {
+        let n = self.stride();
+        if n == 0 {
+            return;
+        }
+        let unknown = [UNKNOWN; 2];
+        let put = |dst: &mut [u8]| {
+            if bytes.len() == n {
+                dst.copy_from_slice(bytes);
+            } else {
+                for pair in dst.chunks_exact_mut(2) {
+                    pair.copy_from_slice(&unknown);
+                }
+            }
+        };
+        if at < self.mapped_len {
+            let key = at as u32;
+            let o = match self.changed.get(&key) {
+                Some(&o) => o,
+                None => {
+                    let o = self.changed_bytes.len();
+                    self.changed_bytes.resize(o + n, 0);
+                    self.changed.insert(key, o);
+                    o
+                }
+            };
+            put(&mut self.changed_bytes[o..o + n]);
+            return;
+        }
+        let o = (at - self.mapped_len) * n;
+        if o + n > self.owned.len() {
+            self.owned.resize(o + n, 0);
+        }
+        put(&mut self.owned[o..o + n]);
+    }
+
+    /// The inputs of entity `at` as the file keeps them (unknown ones with
+    /// all bits set).
+    fn write_to(&self, at: usize, w: &mut impl Write) -> std::io::Result<()> {
+        match self.get(at) {
+            Some(b) => w.write_all(b),
+            None => {
+                for _ in 0..self.stride() {
+                    w.write_all(&[UNKNOWN])?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A journal record: position, id hash, entry, and where its inputs are
+/// in the segment.
+type JournalRecord = (usize, u64, IndexEntry, Range<usize>);
 
 /// What [`DigestIndex::save`] needs to append instead of rewriting.
 #[derive(Debug)]
@@ -239,13 +357,30 @@ pub fn secs(t: f64) -> u32 {
 }
 
 impl DigestIndex {
-    /// An empty index for `model` version `version`.
-    pub fn new(model: &str, version: u64) -> Self {
+    /// An empty index for `model` version `version`, keeping `width`
+    /// features of inputs per entity.
+    pub fn new(model: &str, version: u64, width: usize) -> Self {
         DigestIndex {
             model: model.to_owned(),
             version,
+            inputs: Inputs {
+                width,
+                ..Inputs::default()
+            },
             ..DigestIndex::default()
         }
+    }
+
+    /// Features of inputs kept per entity (0: none, an index written
+    /// before inputs were kept).
+    pub fn width(&self) -> usize {
+        self.inputs.width
+    }
+
+    /// The inputs of the entity at `at` as half floats
+    /// ([`tandem_core::record::half_bytes`]; a NaN where not known).
+    pub fn inputs(&self, at: usize) -> Option<&[u8]> {
+        self.inputs.get(at)
     }
 
     /// Entities in the index.
@@ -296,30 +431,33 @@ impl DigestIndex {
     }
 
     /// Appends an entity the index does not hold yet (a batch run meets
-    /// each id once).
-    pub fn push(&mut self, key: u64, entry: IndexEntry) {
-        let at = self.keys.len() as u32;
+    /// each id once), with its inputs as half floats (kept as unknown when
+    /// they are not `width` features).
+    pub fn push(&mut self, key: u64, entry: IndexEntry, inputs: &[u8]) {
+        let at = self.keys.len();
         if let Some(map) = self.map.get_mut() {
-            map.insert(key, at);
+            map.insert(key, at as u32);
         }
         self.keys.push(key);
         self.entries.push(entry);
-        self.touch(at as usize);
+        self.inputs.set(at, inputs);
+        self.touch(at);
     }
 
-    /// Replaces the entry at `at`, if there is one.
-    pub fn set(&mut self, at: usize, entry: IndexEntry) {
+    /// Replaces the entry and inputs at `at`, if there is one.
+    pub fn set(&mut self, at: usize, entry: IndexEntry, inputs: &[u8]) {
         if let Some(e) = self.entries.get_mut(at) {
             *e = entry;
+            self.inputs.set(at, inputs);
             self.touch(at);
         }
     }
 
     /// Sets the entry of `key`, appending it when it is new.
-    pub fn upsert(&mut self, key: u64, entry: IndexEntry) {
+    pub fn upsert(&mut self, key: u64, entry: IndexEntry, inputs: &[u8]) {
         match self.position(key) {
-            Some(at) => self.set(at, entry),
-            None => self.push(key, entry),
+            Some(at) => self.set(at, entry, inputs),
+            None => self.push(key, entry, inputs),
         }
     }
 
@@ -337,54 +475,89 @@ impl DigestIndex {
 
     /// Reads an index file and applies its journal (see the module doc).
     pub fn read(path: &Path) -> Result<DigestIndex, BatchError> {
-        let mut bytes = Vec::new();
-        let mut file = std::fs::File::open(path).map_err(|e| err(path, e))?;
-        file.read_to_end(&mut bytes).map_err(|e| err(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| err(path, e))?;
         let stamp = Stamp::of(&file);
         let corrupt = || err(path, "not a tandem digest index (or truncated)");
-        let mut at = 0usize;
-        let mut take = |n: usize| -> Result<&[u8], BatchError> {
-            let s = bytes.get(at..at + n).ok_or_else(corrupt)?;
-            at += n;
-            Ok(s)
-        };
-        if take(8)? != MAGIC {
+        if file.metadata().map_err(|e| err(path, e))?.len() == 0 {
             return Err(corrupt());
         }
-        let name_len = u32_at(take(4)?) as usize;
-        let model = String::from_utf8(take(name_len)?.to_vec()).map_err(|_| corrupt())?;
-        let version = u64_at(take(8)?);
-        let count = usize::try_from(u64_at(take(8)?)).map_err(|_| corrupt())?;
-        let body = take(count.checked_mul(24).ok_or_else(corrupt)?)?;
+        // SAFETY: a read-only private map, only read through `bytes` and
+        // `Inputs::get` within the length mapped. tandem never truncates
+        // an index in place below what a reader uses (module doc).
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(path, e))?;
+        let bytes: &[u8] = &map;
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<(usize, &[u8]), BatchError> {
+            let start = at;
+            let s = bytes
+                .get(start..start.checked_add(n).ok_or_else(corrupt)?)
+                .ok_or_else(corrupt)?;
+            at += n;
+            Ok((start, s))
+        };
+        let current = match take(8)?.1 {
+            m if m == MAGIC => true,
+            m if m == MAGIC_V2 => false,
+            _ => return Err(corrupt()),
+        };
+        let name_len = u32_at(take(4)?.1) as usize;
+        let model = String::from_utf8(take(name_len)?.1.to_vec()).map_err(|_| corrupt())?;
+        let version = u64_at(take(8)?.1);
+        let count = usize::try_from(u64_at(take(8)?.1)).map_err(|_| corrupt())?;
+        let width = if current {
+            u32_at(take(4)?.1) as usize
+        } else {
+            0
+        };
+        let body = take(count.checked_mul(24).ok_or_else(corrupt)?)?.1;
         let mut keys = Vec::with_capacity(count);
         let mut entries = Vec::with_capacity(count);
         for e in body.chunks_exact(24) {
             keys.push(u64_at(&e[0..8]));
             entries.push(entry_at(&e[8..24]));
         }
+        let (inputs_at, inputs) = take(count.checked_mul(2 * width).ok_or_else(corrupt)?)?;
+        let mut valid = inputs_at + inputs.len();
         let mut index = DigestIndex {
             model,
             version,
             keys,
             entries,
+            inputs: Inputs {
+                width,
+                mapped_len: count,
+                ..Inputs::default()
+            },
             map: OnceLock::new(),
             disk: None,
         };
-        let mut valid = at;
         let mut journaled = 0usize;
-        while let Some((len, records)) = index.segment(&bytes[valid..]) {
-            for (pos, key, entry) in &records {
-                if *pos == index.keys.len() {
-                    index.keys.push(*key);
-                    index.entries.push(*entry);
+        let journal = if current {
+            JOURNAL_MAGIC
+        } else {
+            JOURNAL_MAGIC_V1
+        };
+        while let Some((len, records)) = index.segment(&map[valid..], journal) {
+            journaled += records.len();
+            for (pos, key, entry, inputs) in records {
+                let inputs = &map[valid + inputs.start..valid + inputs.end];
+                if pos == index.keys.len() {
+                    index.keys.push(key);
+                    index.entries.push(entry);
                 } else {
-                    index.entries[*pos] = *entry;
+                    index.entries[pos] = entry;
                 }
+                index.inputs.set(pos, inputs);
             }
             valid += len;
-            journaled += records.len();
         }
-        index.disk = Some(OnDisk {
+        if width > 0 {
+            index.inputs.mapped = Some((map, inputs_at));
+        }
+        // An index of the layout before inputs is rewritten by its next
+        // save, not appended to.
+        index.disk = current.then(|| OnDisk {
             path: path.to_owned(),
             valid_len: valid as u64,
             journaled,
@@ -396,20 +569,22 @@ impl DigestIndex {
 
     /// The journal segment at the start of `rest`, when it is whole and
     /// fits this index: its length in bytes and its records (position,
-    /// key, entry), checked but not applied.
-    fn segment(&self, rest: &[u8]) -> Option<(usize, Vec<JournalRecord>)> {
-        if rest.get(..8)? != JOURNAL_MAGIC {
+    /// key, entry, where its inputs are in `rest`), checked but not
+    /// applied.
+    fn segment(&self, rest: &[u8], magic: &[u8; 8]) -> Option<(usize, Vec<JournalRecord>)> {
+        if rest.get(..8)? != magic {
             return None;
         }
+        let record = RECORD + self.inputs.stride();
         let n = usize::try_from(u64_at(rest.get(8..16)?)).ok()?;
-        let body_end = n.checked_mul(RECORD)?.checked_add(16)?;
+        let body_end = n.checked_mul(record)?.checked_add(16)?;
         let body = rest.get(8..body_end)?;
         if u64_at(rest.get(body_end..body_end + 8)?) != checksum(body) {
             return None;
         }
         let mut added: Vec<u64> = Vec::new();
         let mut records = Vec::with_capacity(n);
-        for r in rest[16..body_end].chunks_exact(RECORD) {
+        for (i, r) in rest[16..body_end].chunks_exact(record).enumerate() {
             let pos = usize::try_from(u64_at(&r[0..8])).ok()?;
             let key = u64_at(&r[8..16]);
             let len = self.keys.len() + added.len();
@@ -424,7 +599,13 @@ impl DigestIndex {
                     return None;
                 }
             }
-            records.push((pos, key, entry_at(&r[16..32])));
+            let start = 16 + i * record + RECORD;
+            records.push((
+                pos,
+                key,
+                entry_at(&r[16..32]),
+                start..start + record - RECORD,
+            ));
         }
         Some((body_end + 8, records))
     }
@@ -445,7 +626,8 @@ impl DigestIndex {
         if disk.dirty.is_empty() {
             return Ok(());
         }
-        let mut segment = Vec::with_capacity(24 + disk.dirty.len() * RECORD);
+        let record = RECORD + self.inputs.stride();
+        let mut segment = Vec::with_capacity(24 + disk.dirty.len() * record);
         segment.extend_from_slice(JOURNAL_MAGIC);
         segment.extend_from_slice(&(disk.dirty.len() as u64).to_le_bytes());
         for at in &disk.dirty {
@@ -456,6 +638,9 @@ impl DigestIndex {
             segment.extend_from_slice(&e.digest.to_le_bytes());
             segment.extend_from_slice(&e.computed_at.to_le_bytes());
             segment.extend_from_slice(&e.expires_at.to_le_bytes());
+            self.inputs
+                .write_to(at, &mut segment)
+                .map_err(|e| err(path, e))?;
         }
         let sum = checksum(&segment[8..]);
         segment.extend_from_slice(&sum.to_le_bytes());
@@ -496,11 +681,15 @@ impl DigestIndex {
             w.write_all(name)?;
             w.write_all(&self.version.to_le_bytes())?;
             w.write_all(&(self.keys.len() as u64).to_le_bytes())?;
+            w.write_all(&u32::try_from(self.inputs.width).unwrap_or(0).to_le_bytes())?;
             for (k, e) in self.iter() {
                 w.write_all(&k.to_le_bytes())?;
                 w.write_all(&e.digest.to_le_bytes())?;
                 w.write_all(&e.computed_at.to_le_bytes())?;
                 w.write_all(&e.expires_at.to_le_bytes())?;
+            }
+            for at in 0..self.keys.len() {
+                self.inputs.write_to(at, &mut w)?;
             }
             let f = w.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
@@ -602,9 +791,9 @@ mod tests {
             computed_at: 1,
             expires_at: 2,
         };
-        let mut index = DigestIndex::new("m", 1);
+        let mut index = DigestIndex::new("m", 1, 0);
         for k in 0..100u64 {
-            index.push(k * 31 + 7, entry(k));
+            index.push(k * 31 + 7, entry(k), &[]);
         }
         let mut c = index.cursor();
         // In order: every lookup is the next entry.
@@ -618,17 +807,17 @@ mod tests {
         assert_eq!(c.find(3 * 31 + 7), Some(3));
         assert_eq!(index.get(99 * 31 + 7), Some(&entry(99)));
         // Updates keep positions; new keys are found after the map exists.
-        index.upsert(5 * 31 + 7, entry(500));
-        index.upsert(777_777, entry(7));
+        index.upsert(5 * 31 + 7, entry(500), &[]);
+        index.upsert(777_777, entry(7), &[]);
         assert_eq!(index.get(5 * 31 + 7), Some(&entry(500)));
         assert_eq!(index.position(777_777), Some(100));
-        index.set(0, entry(42));
+        index.set(0, entry(42), &[]);
 
         // Two runs interleaved batch by batch (two partitions of a scan):
         // the cursor follows both without building the map.
-        let mut two = DigestIndex::new("m", 1);
+        let mut two = DigestIndex::new("m", 1, 0);
         for k in 0..4000u64 {
-            two.push(k * 7 + 1, entry(k));
+            two.push(k * 7 + 1, entry(k), &[]);
         }
         let mut c = two.cursor();
         for batch in 0..10u64 {
@@ -645,13 +834,13 @@ mod tests {
         // The index written with the two partitions' batches interleaved
         // (100 rows each), read back with other batch sizes (150 and 70
         // rows): each run goes on a batch of the other partition ahead.
-        let mut woven = DigestIndex::new("m", 1);
+        let mut woven = DigestIndex::new("m", 1, 0);
         let half = 1000u64;
         for batch in 0..10u64 {
             for start in [0, half] {
                 for k in 0..100 {
                     let i = start + batch * 100 + k;
-                    woven.push(i * 13 + 5, entry(i));
+                    woven.push(i * 13 + 5, entry(i), &[]);
                 }
             }
         }
@@ -685,28 +874,46 @@ mod tests {
         assert!(two.map.get().is_some());
     }
 
+    fn halves(values: &[f32]) -> Vec<u8> {
+        let mut b = Vec::new();
+        tandem_core::record::half_bytes(values, &mut b);
+        b
+    }
+
     #[test]
     fn an_index_round_trips_and_a_bad_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("churn.idx");
-        let mut index = DigestIndex::new("churn", 3);
+        let mut index = DigestIndex::new("churn", 3, 3);
+        let row = |i: u64| halves(&[i as f32, -(i as f32), 0.5]);
+        let entry = |i: u64| IndexEntry {
+            digest: i ^ 0xdead_beef,
+            computed_at: 1_700_000_000 + i as u32,
+            expires_at: 1_800_000_000,
+        };
         for i in 0..1000u64 {
-            index.push(
-                i * 7919,
-                IndexEntry {
-                    digest: i ^ 0xdead_beef,
-                    computed_at: 1_700_000_000 + i as u32,
-                    expires_at: 1_800_000_000,
-                },
-            );
+            index.push(i * 7919, entry(i), &row(i));
         }
+        // Inputs of another width are kept as unknown.
+        index.push(1, entry(1000), &[1, 2]);
         index.write(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            8 + 4 + 5 + 8 + 8 + 4 + 1001 * (24 + 6)
+        );
         let back = DigestIndex::read(&path).unwrap();
         assert_eq!(back.model, "churn");
         assert_eq!(back.version, 3);
+        assert_eq!(back.width(), 3);
         assert!(back.iter().eq(index.iter()), "same entries, same order");
+        for i in 0..1000u64 {
+            assert_eq!(back.inputs(i as usize), Some(&row(i)[..]), "{i}");
+        }
+        assert_eq!(back.inputs(1000), Some(&[UNKNOWN; 6][..]));
+        assert_eq!(back.inputs(1001), None);
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file left");
+        drop(back);
 
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
@@ -730,27 +937,36 @@ mod tests {
             computed_at: 10,
             expires_at: 20,
         };
-        let mut index = DigestIndex::new("m", 1);
+        // One feature of inputs per entity: the entry's digest as a half.
+        let one = |d: u64| halves(&[d as f32]);
+        let mut index = DigestIndex::new("m", 1, 1);
         for k in 0..1000u64 {
-            index.push(k * 13 + 1, entry(k));
+            index.push(k * 13 + 1, entry(k), &one(k));
         }
         index.write(&path).unwrap();
         let base = size();
 
         // Changes, a new entity, and the new entity changed again.
         let mut ix = DigestIndex::read(&path).unwrap();
-        ix.set(5, entry(5000));
-        ix.upsert(99 * 13 + 1, entry(9900));
-        ix.upsert(424_242, entry(1));
-        ix.upsert(424_242, entry(2));
+        ix.set(5, entry(5000), &one(5000));
+        ix.upsert(99 * 13 + 1, entry(9900), &one(9900));
+        ix.upsert(424_242, entry(1), &one(1));
+        ix.upsert(424_242, entry(2), &one(2));
         ix.save(&path).unwrap();
         let first = size();
-        assert_eq!(first, base + 24 + 4 * 32, "one segment of four records");
+        assert_eq!(
+            first,
+            base + 24 + 4 * (32 + 2),
+            "one segment of four records"
+        );
         let back = DigestIndex::read(&path).unwrap();
         assert!(back.iter().eq(ix.iter()), "the journal reads back");
         assert_eq!(back.len(), 1001);
         assert_eq!(back.get(424_242), Some(&entry(2)));
         assert_eq!(back.entry(99), Some(&entry(9900)));
+        for (at, d) in [(5, 5000), (99, 9900), (1000, 2), (6, 6)] {
+            assert_eq!(back.inputs(at), Some(&one(d)[..]), "inputs at {at}");
+        }
 
         // Nothing changed: nothing written.
         let mut same = DigestIndex::read(&path).unwrap();
@@ -759,10 +975,10 @@ mod tests {
 
         // A second segment, then cut short as by a kill mid-append.
         let mut ix = back;
-        ix.set(7, entry(7000));
+        ix.set(7, entry(7000), &one(7000));
         ix.save(&path).unwrap();
         let second = size();
-        assert_eq!(second, first + 24 + 32);
+        assert_eq!(second, first + 24 + 34);
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(second - 5).unwrap();
         drop(f);
@@ -773,12 +989,14 @@ mod tests {
             "the torn segment is ignored"
         );
         assert_eq!(torn.entry(5), Some(&entry(5000)), "the whole one is kept");
+        assert_eq!(torn.inputs(7), Some(&one(7)[..]));
         // The next append replaces the torn tail.
-        torn.set(8, entry(8000));
+        torn.set(8, entry(8000), &one(8000));
         torn.save(&path).unwrap();
-        assert_eq!(size(), first + 24 + 32);
+        assert_eq!(size(), first + 24 + 34);
         let again = DigestIndex::read(&path).unwrap();
         assert_eq!(again.entry(8), Some(&entry(8000)));
+        assert_eq!(again.inputs(8), Some(&one(8000)[..]));
         assert_eq!(again.entry(7), Some(&entry(7)));
 
         // A bad checksum: that segment and all after it are ignored.
@@ -791,18 +1009,18 @@ mod tests {
         assert_eq!(flipped.entry(8), Some(&entry(8)));
 
         // A segment naming a position whose key differs is refused.
-        let mut fresh = DigestIndex::new("m", 1);
+        let mut fresh = DigestIndex::new("m", 1, 1);
         for k in 0..1000u64 {
-            fresh.push(k * 13 + 1, entry(k));
+            fresh.push(k * 13 + 1, entry(k), &one(k));
         }
         fresh.write(&path).unwrap();
         let mut ix = DigestIndex::read(&path).unwrap();
-        ix.set(3, entry(33));
+        ix.set(3, entry(33), &one(33));
         ix.save(&path).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         let key_at = base as usize + 16 + 8;
         bytes[key_at..key_at + 8].copy_from_slice(&77u64.to_le_bytes());
-        let body_end = base as usize + 16 + 32;
+        let body_end = base as usize + 16 + 34;
         let sum = checksum(&bytes[base as usize + 8..body_end]);
         bytes[body_end..body_end + 8].copy_from_slice(&sum.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
@@ -811,7 +1029,7 @@ mod tests {
         // Past a quarter of the entries the save rewrites (compaction).
         let mut big = DigestIndex::read(&path).unwrap();
         for k in 0..300 {
-            big.set(k, entry(1));
+            big.set(k, entry(1), &one(1));
         }
         big.save(&path).unwrap();
         assert_eq!(size(), base, "rewritten without a journal");
@@ -820,13 +1038,64 @@ mod tests {
         // A file another process replaced since is rewritten, not appended to.
         let mut stale = DigestIndex::read(&path).unwrap();
         let mut other = DigestIndex::read(&path).unwrap();
-        other.set(1, entry(11));
+        other.set(1, entry(11), &one(11));
         other.write(&path).unwrap();
-        stale.set(2, entry(22));
+        stale.set(2, entry(22), &one(22));
         stale.save(&path).unwrap();
         assert_eq!(size(), base, "the last writer wins whole");
         let last = DigestIndex::read(&path).unwrap();
         assert_eq!(last.entry(2), Some(&entry(22)));
         assert_eq!(last.entry(1), Some(&entry(1)));
+        assert_eq!(last.inputs(2), Some(&one(22)[..]));
+    }
+
+    #[test]
+    fn an_index_of_the_layout_before_inputs_reads_and_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.idx");
+        let entry = |d: u64| IndexEntry {
+            digest: d,
+            computed_at: 10,
+            expires_at: 20,
+        };
+        let raw = |b: &mut Vec<u8>, key: u64, e: IndexEntry| {
+            b.extend_from_slice(&key.to_le_bytes());
+            b.extend_from_slice(&e.digest.to_le_bytes());
+            b.extend_from_slice(&e.computed_at.to_le_bytes());
+            b.extend_from_slice(&e.expires_at.to_le_bytes());
+        };
+        // TNDMIDX2: three entries, then a TNDMJRN1 segment changing one.
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC_V2);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(b"m");
+        b.extend_from_slice(&4u64.to_le_bytes());
+        b.extend_from_slice(&3u64.to_le_bytes());
+        for k in 0..3u64 {
+            raw(&mut b, 100 + k, entry(k));
+        }
+        let start = b.len();
+        b.extend_from_slice(JOURNAL_MAGIC_V1);
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        raw(&mut b, 101, entry(77));
+        let sum = checksum(&b[start + 8..]);
+        b.extend_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+
+        let mut old = DigestIndex::read(&path).unwrap();
+        assert_eq!((old.model.as_str(), old.version), ("m", 4));
+        assert_eq!(old.width(), 0);
+        assert_eq!(old.len(), 3);
+        assert_eq!(old.entry(1), Some(&entry(77)), "its journal applies");
+        assert_eq!(old.inputs(1), None, "no inputs kept");
+        old.set(2, entry(88), &halves(&[1.0]));
+        old.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], MAGIC, "rewritten whole in the current layout");
+        let back = DigestIndex::read(&path).unwrap();
+        assert!(back.iter().eq(old.iter()));
+        assert_eq!(back.width(), 0);
+        assert_eq!(back.entry(2), Some(&entry(88)));
     }
 }

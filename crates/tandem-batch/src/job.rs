@@ -216,15 +216,15 @@ async fn run_batch_inner(
     let model = Arc::new(Model::load(&opts.model)?);
     let input = InputSpec::open(&opts.input).await?;
     let store = open_store(opts.store.as_deref()).await?;
-    let mut index = opts
-        .index
-        .as_ref()
-        .map(|_| crate::index::DigestIndex::new(model.name(), model.version()));
     let expires = crate::index::secs(unix_seconds(computed_at) + opts.ttl.as_secs_f64());
     let ctx = session(&input, Some((&model, opts.fill))).await?;
     let base = base_query(opts.sql.as_deref(), opts.filter.as_deref());
     let schema = ctx.sql(&base).await?.schema().as_arrow().clone();
     let features = resolve_features(&schema, &opts.id_column, opts.features.as_deref(), &model)?;
+    let mut index = opts
+        .index
+        .as_ref()
+        .map(|_| crate::index::DigestIndex::new(model.name(), model.version(), features.len()));
     let source = crate::plan::parallel_source(&ctx, &base).await?;
     let query = scoring_query(
         &source,
@@ -333,7 +333,14 @@ async fn run_batch_inner(
             break;
         }
         if let Some(ix) = &mut index {
+            let mut halves = Vec::new();
             for row in &kept {
+                // The inputs the record keeps, as they are (a record
+                // without them leaves them unknown in the index).
+                halves.clear();
+                if let Some(packed) = &row.inputs {
+                    tandem_core::record::unpack_inputs_into(packed, &mut halves);
+                }
                 ix.push(
                     crate::digest::id_hash(&row.id),
                     crate::index::IndexEntry {
@@ -341,6 +348,7 @@ async fn run_batch_inner(
                         computed_at: crate::index::secs(timestamp),
                         expires_at: expires,
                     },
+                    &halves,
                 );
             }
         }

@@ -16,8 +16,13 @@
 //!
 //! With a digest index ([`crate::index`], `--index`), entities it shows
 //! unchanged (same input digest, not expired, not too old, same model when
-//! `model_changed`) are cleared from the input alone; only the others are
-//! read from the store.
+//! `model_changed`) are cleared from the input alone. The index also keeps
+//! the inputs each record was made from (the same half floats), so the
+//! others are judged from it too: too old, or moved more than the
+//! threshold, is rescored, moved less is kept, and none of them is read
+//! from the store. Only entities the index does not know (new, expired,
+//! inputs not kept) and every entity of a `resume` (which needs the run id
+//! of its record) are read from the store.
 //!
 //! Rescored records carry the run id; `resume` skips entities already
 //! rescored by it, so an interrupted run finishes where it stopped, and a
@@ -33,7 +38,9 @@ use datafusion::arrow::datatypes::Schema;
 use futures::StreamExt;
 use serde::Serialize;
 use tandem_core::digest::{feature_digest, id_hash};
-use tandem_core::record::{l2_distance, pack_inputs, unix_seconds, unpack_inputs};
+use tandem_core::record::{
+    half_bytes, half_distance, l2_distance, pack_inputs, unix_seconds, unpack_inputs,
+};
 use tandem_core::{FeatureBatch, PredictionRecord, PredictionSource};
 use tandem_model::Model;
 use tandem_store::{PredictionEntry, Store, StoreError};
@@ -77,8 +84,9 @@ pub struct RefreshOptions {
     pub resume: bool,
     /// Entities per store read, model call and write.
     pub chunk: usize,
-    /// A digest index ([`crate::index`]): entities it shows unchanged are
-    /// not read from the store; updated with what this run rescores.
+    /// A digest index ([`crate::index`]): the entities it knows are judged
+    /// from it, without reading the store; updated with what this run
+    /// rescores.
     pub index: Option<PathBuf>,
 }
 
@@ -208,6 +216,9 @@ struct Chunk {
     rows: Vec<Vec<f32>>,
     /// Each entity's position in the index, when it has one.
     at: Vec<Option<usize>>,
+    /// Why the index already says to rescore it (`None`: its stored
+    /// record decides).
+    decided: Vec<Option<&'static str>>,
 }
 
 /// What one chunk came to.
@@ -220,6 +231,8 @@ struct ChunkDone {
     reasons: BTreeMap<&'static str, u64>,
     /// (id hash, index position, entry) of what was rescored.
     updates: Vec<(u64, Option<usize>, IndexEntry)>,
+    /// Their inputs as half floats, one after the other.
+    update_inputs: Vec<u8>,
 }
 
 /// What every chunk shares.
@@ -240,7 +253,23 @@ impl Scorer {
             checked: chunk.ids.len() as u64,
             ..ChunkDone::default()
         };
-        let found = self.store.get_predictions(&chunk.ids).await?;
+        // Only the entities the index did not decide are read.
+        let undecided = chunk.decided.iter().filter(|d| d.is_none()).count();
+        let found = if undecided == chunk.ids.len() {
+            self.store.get_predictions(&chunk.ids).await?
+        } else if undecided > 0 {
+            let ids: Vec<String> = chunk
+                .ids
+                .iter()
+                .zip(&chunk.decided)
+                .filter(|(_, d)| d.is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.store.get_predictions(&ids).await?
+        } else {
+            Vec::new()
+        };
+        let mut found = found.iter();
         // Each digest is computed once: judged against the record, then
         // written with the new one.
         let digests: Vec<Arc<str>> = chunk
@@ -249,8 +278,17 @@ impl Scorer {
             .map(|r| Arc::from(feature_digest(r)))
             .collect();
         let mut pick: Vec<usize> = Vec::new();
-        for (i, f) in found.iter().enumerate() {
-            match self.judge.decide(f, &chunk.rows[i], &digests[i])? {
+        for (i, decided) in chunk.decided.iter().enumerate() {
+            let decision = match decided {
+                Some(why) => Decision::Rescore(why),
+                None => {
+                    let f = found.next().ok_or_else(|| {
+                        BatchError::Invalid("the store answered fewer records than asked".into())
+                    })?;
+                    self.judge.decide(f, &chunk.rows[i], &digests[i])?
+                }
+            };
+            match decision {
                 Decision::Rescore(why) => {
                     *done.reasons.entry(why).or_default() += 1;
                     pick.push(i);
@@ -292,6 +330,9 @@ impl Scorer {
         done.rescored = entries.len() as u64;
         if self.with_index {
             let expires = secs(self.timestamp + self.ttl.as_secs_f64());
+            for i in &pick {
+                half_bytes(&chunk.rows[*i], &mut done.update_inputs);
+            }
             done.updates = pick
                 .iter()
                 .map(|i| {
@@ -309,6 +350,12 @@ impl Scorer {
         }
         Ok(done)
     }
+}
+
+/// Row `r` of `cols` into `row` (null and NaN take `fill`).
+fn assemble(row: &mut Vec<f32>, cols: &[FeatureColumn], r: usize, fill: f32) {
+    row.clear();
+    row.extend(cols.iter().map(|c| c.value(r, fill)));
 }
 
 /// Chunks read, judged and written while the scan goes on.
@@ -411,7 +458,8 @@ async fn refresh_inner(
 ) -> Result<RefreshSummary, BatchError> {
     let started = Instant::now();
     check(opts)?;
-    // The index (24 bytes an entity) loads while the input is planned.
+    // The index (its entries; the inputs stay mapped) loads while the
+    // input is planned.
     let reading = opts
         .index
         .clone()
@@ -444,7 +492,11 @@ async fn refresh_inner(
             task.await
                 .map_err(|e| BatchError::Invalid(format!("reading the index: {e}")))??,
         ),
-        (None, Some(_)) => Some(DigestIndex::new(model.name(), model.version())),
+        (None, Some(_)) => Some(DigestIndex::new(
+            model.name(),
+            model.version(),
+            features.len(),
+        )),
         (None, None) => None,
     };
     // With --model-changed, an index of another model clears nothing.
@@ -459,10 +511,38 @@ async fn refresh_inner(
                 .is_none_or(|d| u64::from(now_secs.saturating_sub(e.computed_at)) <= d.as_secs())
             && (opts.changed_threshold.is_none() || e.digest == hash)
     };
+    // The index judges what it cannot clear when it keeps these features'
+    // inputs (a resumed run needs each record's run id: the store's).
+    let judge_by_index = prefilter
+        .filter(|ix| !opts.resume && ix.width() == features.len())
+        .is_some();
+    let verdict = |e: &IndexEntry, old: &[u8], row: &[f32], hash: u64| -> Option<Decision> {
+        if e.expires_at <= now_secs {
+            return None;
+        }
+        if let Some(d) = opts.older_than
+            && u64::from(now_secs.saturating_sub(e.computed_at)) > d.as_secs()
+        {
+            return Some(Decision::Rescore("older"));
+        }
+        if let Some(t) = opts.changed_threshold
+            && e.digest != hash
+        {
+            // Unknown inputs (None) leave it to the stored record; a
+            // distance that is not a number counts as moved, as there.
+            let d = half_distance(old, row)?;
+            if d.is_nan() || d > t {
+                return Some(Decision::Rescore("changed"));
+            }
+        }
+        Some(Decision::Keep)
+    };
+    let mut row = Vec::with_capacity(features.len());
     let mut cursor = prefilter.map(DigestIndex::cursor);
     let mut cleared = 0u64;
     let mut inactive = 0u64;
     let mut updates: Vec<(u64, Option<usize>, IndexEntry)> = Vec::new();
+    let mut update_inputs: Vec<u8> = Vec::new();
     let mut s = RefreshSummary {
         run_id: run_id.clone(),
         model: model.name().to_string(),
@@ -513,6 +593,7 @@ async fn refresh_inner(
             *s.reasons.entry(why.to_string()).or_default() += n;
         }
         updates.extend(done.updates);
+        update_inputs.extend(done.update_inputs);
     };
     let chunk_size = opts.chunk.max(1);
     let mut chunk = Chunk::default();
@@ -549,21 +630,36 @@ async fn refresh_inner(
                         continue;
                     }
                     let mut at = None;
+                    let mut decided = None;
+                    let mut assembled = false;
                     if let (Some(h), Some(c), Some(ix)) = (&hashes, &mut cursor, prefilter) {
                         at = c.find(id_hash(id));
-                        if at
-                            .and_then(|a| ix.entry(a))
-                            .is_some_and(|e| clears(e, h[r]))
-                        {
+                        let entry = at.and_then(|a| ix.entry(a));
+                        if entry.is_some_and(|e| clears(e, h[r])) {
                             cleared += 1;
                             continue;
                         }
+                        let known = at.and_then(|a| ix.inputs(a)).filter(|_| judge_by_index);
+                        if let (Some(e), Some(old)) = (entry, known) {
+                            assemble(&mut row, &cols, r, fill);
+                            assembled = true;
+                            match verdict(e, old, &row, h[r]) {
+                                Some(Decision::Keep) => {
+                                    cleared += 1;
+                                    continue;
+                                }
+                                Some(Decision::Rescore(why)) => decided = Some(why),
+                                Some(Decision::Done) | None => {}
+                            }
+                        }
+                    }
+                    if !assembled {
+                        assemble(&mut row, &cols, r, fill);
                     }
                     chunk.ids.push(id.to_string());
-                    chunk
-                        .rows
-                        .push(cols.iter().map(|c| c.value(r, fill)).collect());
+                    chunk.rows.push(row.clone());
                     chunk.at.push(at);
+                    chunk.decided.push(decided);
                 }
                 progress.advance(batch.num_rows() as u64);
             }
@@ -605,16 +701,24 @@ async fn refresh_inner(
             || ix.model != model.name()
             || ix.version != model.version())
     {
-        let same = ix.model == model.name() && ix.version == model.version();
+        // An index that keeps no inputs (written before they were kept)
+        // stays so until the next `tandem batch --index`.
+        let same = ix.model == model.name()
+            && ix.version == model.version()
+            && (ix.width() == features.len() || ix.width() == 0);
         if !same {
             // Entries made by another model say nothing about this one's
             // records beyond what was just rescored.
-            ix = DigestIndex::new(model.name(), model.version());
+            ix = DigestIndex::new(model.name(), model.version(), features.len());
         }
-        for (key, at, entry) in updates {
+        let stride = 2 * features.len();
+        for (k, (key, at, entry)) in updates.into_iter().enumerate() {
+            let inputs = update_inputs
+                .get(k * stride..(k + 1) * stride)
+                .unwrap_or_default();
             match at {
-                Some(at) if same => ix.set(at, entry),
-                _ => ix.upsert(key, entry),
+                Some(at) if same => ix.set(at, entry, inputs),
+                _ => ix.upsert(key, entry, inputs),
             }
         }
         ix.save(path)?;

@@ -97,9 +97,9 @@ pub struct BatchArgs {
     /// task slots [default: 16].
     #[arg(long)]
     partitions: Option<usize>,
-    /// Also write a digest index of the records (24 bytes per entity) for
-    /// `tandem refresh --index`, which then reads only the entities whose
-    /// features changed.
+    /// Also write a digest index of the records (24 bytes per entity plus
+    /// 2 per feature) for `tandem refresh --index`, which then judges the
+    /// entities from it instead of reading their records.
     #[arg(long, value_name = "PATH")]
     index: Option<PathBuf>,
 }
@@ -259,8 +259,8 @@ pub struct RefreshArgs {
     /// are skipped.
     #[arg(long, value_name = "RUN_ID", conflicts_with = "run_id")]
     resume: Option<String>,
-    /// A digest index (written by `tandem batch --index`): entities it
-    /// shows unchanged are cleared without reading the store; updated with
+    /// A digest index (written by `tandem batch --index`): the entities it
+    /// knows are judged from it without reading the store; updated with
     /// what this run rescores (created if missing).
     #[arg(long, value_name = "PATH")]
     index: Option<PathBuf>,

@@ -105,8 +105,8 @@ pub struct RefreshSchedule {
     /// Rescore entities whose features moved more than this (L2).
     #[serde(default)]
     pub changed_threshold: Option<f64>,
-    /// A digest index (`tandem batch --index`) that clears unchanged
-    /// entities without reading the store; updated by each run.
+    /// A digest index (`tandem batch --index`) that judges the entities it
+    /// knows without reading the store; updated by each run.
     #[serde(default)]
     pub index: Option<PathBuf>,
     /// Rescore predictions older than this.

@@ -281,8 +281,8 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
         s(&index),
     ]);
     assert_eq!(
-        std::fs::metadata(&index).unwrap().len(),
-        8 + 4 + 5 + 8 + 8 + 200 * 24
+        std::fs::metadata(&index).unwrap().len() as usize,
+        8 + 4 + 5 + 8 + 8 + 4 + 200 * (24 + 2 * WIDTH)
     );
     // e0..e9 drift by 1.0, e10..e19 by 0.001; e200 is new.
     let shift = |i: usize| match i {
@@ -313,14 +313,17 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     assert_eq!(r["reasons"]["changed"], 10);
     assert_eq!(r["reasons"]["missing"], 1);
     assert_eq!(r["unchanged"], 190);
-    assert_eq!(r["cleared_by_index"], 180, "e20..e199 need no read");
-    // Only e0..e19 (found) and e200 (missing) were read.
-    assert_eq!((after.0 - before.0, after.1 - before.1), (20, 1));
+    // e20..e199 have the indexed digest; e0..e19 are judged by the inputs
+    // the index keeps (e0..e9 moved past the threshold, e10..e19 did not).
+    assert_eq!(r["cleared_by_index"], 190, "{r}");
+    // Only e200, which the index does not know, was read (and missing).
+    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 1));
     // The 11 rescored went into the index as one journal segment appended
-    // to the file (header, 11 records of 32 bytes, checksum), not a rewrite.
+    // to the file (header, 11 records of 32 bytes and their inputs,
+    // checksum), not a rewrite.
     assert_eq!(
-        std::fs::metadata(&index).unwrap().len(),
-        8 + 4 + 5 + 8 + 8 + 200 * 24 + 16 + 11 * 32 + 8
+        std::fs::metadata(&index).unwrap().len() as usize,
+        8 + 4 + 5 + 8 + 8 + 4 + 200 * (24 + 2 * WIDTH) + 16 + 11 * (32 + 2 * WIDTH) + 8
     );
     // The same outcome as without the index, entity by entity.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -335,9 +338,9 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
         assert_eq!(rec.run_id.as_deref(), Some(want), "e{i}");
     }
 
-    // The index now knows the rescored entities: a rerun reads only
-    // e10..e19 (their small drift is below the threshold, so their digest
-    // still differs from the index's) and rescores nothing.
+    // The index now knows the rescored entities: a rerun reads nothing
+    // (e10..e19 still differ from the index's digest by a drift below the
+    // threshold) and rescores nothing.
     let before = reads(&redis);
     let again = refresh(&[
         "--model",
@@ -353,8 +356,8 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     ]);
     let after = reads(&redis);
     assert_eq!(again["rescored"], 0, "{again}");
-    assert_eq!(again["cleared_by_index"], 191, "{again}");
-    assert_eq!(after.0 - before.0, 10);
+    assert_eq!(again["cleared_by_index"], 201, "{again}");
+    assert_eq!(after, before, "no store read");
 
     // The same rows in reverse order: the index is walked against its own
     // order (every lookup misses the cursor) and clears the same entities.
@@ -379,11 +382,13 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     let after = reads(&redis);
     assert_eq!(again["checked"], 201, "{again}");
     assert_eq!(again["rescored"], 0, "{again}");
-    assert_eq!(again["cleared_by_index"], 191, "{again}");
-    assert_eq!(after.0 - before.0, 10);
+    assert_eq!(again["cleared_by_index"], 201, "{again}");
+    assert_eq!(after, before, "no store read");
 
-    // Too old by the index's clock: nothing is cleared.
+    // Too old by the index's clock: nothing is cleared, and the index
+    // says so without a read.
     std::thread::sleep(Duration::from_millis(2100));
+    let before = reads(&redis);
     let r = refresh(&[
         "--model",
         s(&v1),
@@ -400,6 +405,7 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     ]);
     assert_eq!(r["cleared_by_index"], 0, "{r}");
     assert_eq!(r["reasons"]["older"], 201, "{r}");
+    assert_eq!(reads(&redis), before, "no store read");
 
     // An index of version 1 clears nothing for --model-changed on version 2;
     // rewritten for version 2, it clears everything the next time.

@@ -84,28 +84,64 @@ pub struct PredictionRecord {
 /// float (the exact digest still says "unchanged" exactly).
 pub fn pack_inputs(values: &[f32]) -> String {
     use base64::Engine as _;
-    let bytes: Vec<u8> = values
-        .iter()
-        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-        .collect();
+    let mut bytes = Vec::with_capacity(2 * values.len());
+    half_bytes(values, &mut bytes);
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+/// Appends `values` as IEEE half floats, little-endian: the bytes that
+/// [`pack_inputs`] encodes in base64 (and the digest index keeps as they
+/// are).
+pub fn half_bytes(values: &[f32], out: &mut Vec<u8>) {
+    out.extend(
+        values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+    );
+}
+
+/// Appends the half-float bytes of a [`pack_inputs`] packing to `out`;
+/// `false` (and `out` unchanged) when it is not such a packing.
+pub fn unpack_inputs_into(packed: &str, out: &mut Vec<u8>) -> bool {
+    use base64::Engine as _;
+    let start = out.len();
+    match base64::engine::general_purpose::STANDARD_NO_PAD.decode_vec(packed, out) {
+        Ok(()) if (out.len() - start).is_multiple_of(2) => true,
+        _ => {
+            out.truncate(start);
+            false
+        }
+    }
 }
 
 /// Unpacks [`pack_inputs`]; `None` when it is not such a packing.
 pub fn unpack_inputs(packed: &str) -> Option<Vec<f32>> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(packed)
-        .ok()?;
-    if bytes.len() % 2 != 0 {
-        return None;
-    }
-    Some(
+    let mut bytes = Vec::with_capacity(packed.len() * 3 / 4);
+    unpack_inputs_into(packed, &mut bytes).then(|| {
         bytes
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-    )
+            .collect()
+    })
+}
+
+/// [`l2_distance`] between inputs kept as half-float bytes ([`half_bytes`])
+/// and `row`, computed exactly as on [`unpack_inputs`] of their packing;
+/// `None` when the widths differ or a kept value is NaN (not a packing of
+/// real inputs: the digest index marks unknown inputs so).
+pub fn half_distance(halves: &[u8], row: &[f32]) -> Option<f64> {
+    if halves.len() != 2 * row.len() {
+        return None;
+    }
+    let mut sum = 0.0f64;
+    for (b, y) in halves.chunks_exact(2).zip(row) {
+        let x = half::f16::from_le_bytes([b[0], b[1]]);
+        if x.is_nan() {
+            return None;
+        }
+        sum += (f64::from(x.to_f32()) - f64::from(*y)).powi(2);
+    }
+    Some(sum.sqrt())
 }
 
 /// Euclidean distance between two feature vectors of the same width
@@ -190,6 +226,37 @@ mod tests {
         assert_eq!(super::unpack_inputs("not base64!"), None);
         assert_eq!(super::l2_distance(&[0.0, 3.0], &[4.0, 0.0]), Some(5.0));
         assert_eq!(super::l2_distance(&[0.0], &[4.0, 0.0]), None);
+    }
+
+    #[test]
+    fn half_bytes_measure_drift_as_the_packing_does() {
+        let old = [0.1f32, -3.3, 1234.5, 7.0];
+        let new = [0.2f32, -3.0, 1200.0, 7.0];
+        let mut bytes = vec![9u8];
+        super::half_bytes(&old, &mut bytes);
+        assert_eq!(bytes.len(), 1 + 8);
+        let mut unpacked = vec![9u8];
+        assert!(super::unpack_inputs_into(
+            &super::pack_inputs(&old),
+            &mut unpacked
+        ));
+        assert_eq!(unpacked, bytes, "appended, the same bytes");
+        let via_record = super::l2_distance(
+            &super::unpack_inputs(&super::pack_inputs(&old)).unwrap(),
+            &new,
+        );
+        assert_eq!(super::half_distance(&bytes[1..], &new), via_record);
+        assert!(via_record.unwrap() > 34.0);
+        // Other widths, a NaN (unknown inputs), a bad packing.
+        assert_eq!(super::half_distance(&bytes[1..], &new[..3]), None);
+        assert_eq!(super::half_distance(&[0xff, 0xff], &[1.0]), None);
+        let mut out = vec![1u8];
+        assert!(!super::unpack_inputs_into("not base64!", &mut out));
+        assert!(
+            !super::unpack_inputs_into("AA", &mut out),
+            "an odd byte count"
+        );
+        assert_eq!(out, [1u8]);
     }
 
     use super::*;
