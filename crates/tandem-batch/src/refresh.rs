@@ -213,12 +213,27 @@ impl Judge {
 #[derive(Default)]
 struct Chunk {
     ids: Vec<String>,
-    rows: Vec<Vec<f32>>,
+    /// Their rows, one after the other (`width` values each).
+    rows: Vec<f32>,
+    width: usize,
     /// Each entity's position in the index, when it has one.
     at: Vec<Option<usize>>,
     /// Why the index already says to rescore it (`None`: its stored
     /// record decides).
     decided: Vec<Option<&'static str>>,
+}
+
+impl Chunk {
+    fn new(width: usize) -> Self {
+        Chunk {
+            width,
+            ..Chunk::default()
+        }
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.rows[i * self.width..(i + 1) * self.width]
+    }
 }
 
 /// What one chunk came to.
@@ -272,10 +287,8 @@ impl Scorer {
         let mut found = found.iter();
         // Each digest is computed once: judged against the record, then
         // written with the new one.
-        let digests: Vec<Arc<str>> = chunk
-            .rows
-            .iter()
-            .map(|r| Arc::from(feature_digest(r)))
+        let digests: Vec<Arc<str>> = (0..chunk.ids.len())
+            .map(|i| Arc::from(feature_digest(chunk.row(i))))
             .collect();
         let mut pick: Vec<usize> = Vec::new();
         for (i, decided) in chunk.decided.iter().enumerate() {
@@ -285,7 +298,7 @@ impl Scorer {
                     let f = found.next().ok_or_else(|| {
                         BatchError::Invalid("the store answered fewer records than asked".into())
                     })?;
-                    self.judge.decide(f, &chunk.rows[i], &digests[i])?
+                    self.judge.decide(f, chunk.row(i), &digests[i])?
                 }
             };
             match decision {
@@ -300,7 +313,7 @@ impl Scorer {
         if pick.is_empty() {
             return Ok(done);
         }
-        let picked: Vec<&[f32]> = pick.iter().map(|i| chunk.rows[*i].as_slice()).collect();
+        let picked: Vec<&[f32]> = pick.iter().map(|i| chunk.row(*i)).collect();
         let batch = FeatureBatch::from_rows(&picked)
             .map_err(|e| BatchError::Invalid(format!("building a batch: {e}")))?;
         let m = self.model.clone();
@@ -321,7 +334,7 @@ impl Scorer {
                     source: PredictionSource::Batch,
                     run_id: Some(self.run.clone()),
                     digest: Some(digests[*i].clone()),
-                    inputs: Some(pack_inputs(&chunk.rows[*i]).into()),
+                    inputs: Some(pack_inputs(chunk.row(*i)).into()),
                 },
                 ttl: self.ttl,
             })
@@ -331,7 +344,7 @@ impl Scorer {
         if self.with_index {
             let expires = secs(self.timestamp + self.ttl.as_secs_f64());
             for i in &pick {
-                half_bytes(&chunk.rows[*i], &mut done.update_inputs);
+                half_bytes(chunk.row(*i), &mut done.update_inputs);
             }
             done.updates = pick
                 .iter()
@@ -340,7 +353,7 @@ impl Scorer {
                         id_hash(&chunk.ids[*i]),
                         chunk.at[*i],
                         IndexEntry {
-                            digest: row_hash(&chunk.rows[*i]),
+                            digest: row_hash(chunk.row(*i)),
                             computed_at: secs(self.timestamp),
                             expires_at: expires,
                         },
@@ -350,12 +363,6 @@ impl Scorer {
         }
         Ok(done)
     }
-}
-
-/// Row `r` of `cols` into `row` (null and NaN take `fill`).
-fn assemble(row: &mut Vec<f32>, cols: &[FeatureColumn], r: usize, fill: f32) {
-    row.clear();
-    row.extend(cols.iter().map(|c| c.value(r, fill)));
 }
 
 /// Chunks read, judged and written while the scan goes on.
@@ -537,7 +544,6 @@ async fn refresh_inner(
         }
         Some(Decision::Keep)
     };
-    let mut row = Vec::with_capacity(features.len());
     let mut cursor = prefilter.map(DigestIndex::cursor);
     let mut cleared = 0u64;
     let mut inactive = 0u64;
@@ -596,7 +602,11 @@ async fn refresh_inner(
         update_inputs.extend(done.update_inputs);
     };
     let chunk_size = opts.chunk.max(1);
-    let mut chunk = Chunk::default();
+    let width = features.len();
+    let mut chunk = Chunk::new(width);
+    // A batch's candidates (row, index position) and their rows.
+    let mut candidates: Vec<(usize, Option<usize>)> = Vec::new();
+    let mut gathered: Vec<f32> = Vec::new();
     let fill = opts.fill as f32;
     let outcome: Result<(), BatchError> = async {
         loop {
@@ -618,6 +628,9 @@ async fn refresh_inner(
                     }
                     h
                 });
+                // First what the index clears, then the others' rows,
+                // gathered column by column, then their verdicts.
+                candidates.clear();
                 for r in 0..n {
                     if !id_col.is_valid(r) {
                         continue;
@@ -630,34 +643,43 @@ async fn refresh_inner(
                         continue;
                     }
                     let mut at = None;
-                    let mut decided = None;
-                    let mut assembled = false;
                     if let (Some(h), Some(c), Some(ix)) = (&hashes, &mut cursor, prefilter) {
                         at = c.find(id_hash(id));
-                        let entry = at.and_then(|a| ix.entry(a));
-                        if entry.is_some_and(|e| clears(e, h[r])) {
+                        if at
+                            .and_then(|a| ix.entry(a))
+                            .is_some_and(|e| clears(e, h[r]))
+                        {
                             cleared += 1;
                             continue;
                         }
-                        let known = at.and_then(|a| ix.inputs(a)).filter(|_| judge_by_index);
-                        if let (Some(e), Some(old)) = (entry, known) {
-                            assemble(&mut row, &cols, r, fill);
-                            assembled = true;
-                            match verdict(e, old, &row, h[r]) {
-                                Some(Decision::Keep) => {
-                                    cleared += 1;
-                                    continue;
-                                }
-                                Some(Decision::Rescore(why)) => decided = Some(why),
-                                Some(Decision::Done) | None => {}
+                    }
+                    candidates.push((r, at));
+                }
+                gathered.clear();
+                gathered.resize(candidates.len() * width, 0.0);
+                for (f, c) in cols.iter().enumerate() {
+                    for (k, (r, _)) in candidates.iter().enumerate() {
+                        gathered[k * width + f] = c.value(*r, fill);
+                    }
+                }
+                for (k, &(r, at)) in candidates.iter().enumerate() {
+                    let row = &gathered[k * width..(k + 1) * width];
+                    let mut decided = None;
+                    if let (Some(h), Some(ix), Some(a)) = (&hashes, prefilter, at)
+                        && judge_by_index
+                        && let (Some(e), Some(old)) = (ix.entry(a), ix.inputs(a))
+                    {
+                        match verdict(e, old, row, h[r]) {
+                            Some(Decision::Keep) => {
+                                cleared += 1;
+                                continue;
                             }
+                            Some(Decision::Rescore(why)) => decided = Some(why),
+                            Some(Decision::Done) | None => {}
                         }
                     }
-                    if !assembled {
-                        assemble(&mut row, &cols, r, fill);
-                    }
-                    chunk.ids.push(id.to_string());
-                    chunk.rows.push(row.clone());
+                    chunk.ids.push(id_col.value(r).to_string());
+                    chunk.rows.extend_from_slice(row);
                     chunk.at.push(at);
                     chunk.decided.push(decided);
                 }
@@ -670,7 +692,7 @@ async fn refresh_inner(
                 {
                     absorb(joined(first.await)?, &mut s);
                 }
-                let full = std::mem::take(&mut chunk);
+                let full = std::mem::replace(&mut chunk, Chunk::new(width));
                 in_flight.push_back(tokio::spawn(scorer.clone().run(full)));
             }
             if done {
