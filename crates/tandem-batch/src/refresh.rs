@@ -50,7 +50,7 @@ use crate::error::BatchError;
 use crate::index::{DigestIndex, HASH_SEED, IndexEntry, row_hash, secs};
 use crate::job::{Progress, count_rows, new_run_id, open_store, strings};
 use crate::plan::{InputSpec, base_query, features_query, resolve_features, session};
-use crate::rows::FeatureColumn;
+use crate::rows::{FeatureColumn, hash_rows};
 use crate::warm::Busy;
 
 /// What to run.
@@ -623,9 +623,7 @@ async fn refresh_inner(
                 // assembled only for the entities not cleared).
                 let hashes: Option<Vec<u64>> = prefilter.map(|_| {
                     let mut h = vec![HASH_SEED; n];
-                    for c in &cols {
-                        c.hash_into(&mut h, fill);
-                    }
+                    hash_rows(&cols, &mut h, fill);
                     h
                 });
                 // First what the index clears, then the others' rows,
