@@ -664,24 +664,16 @@ impl DigestIndex {
     /// Writes the whole index to `path` (through a temporary file and a
     /// rename), without a journal.
     pub fn write(&mut self, path: &Path) -> Result<(), BatchError> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .ok_or_else(|| err(path, "not a file path"))?
-            .to_string_lossy();
-        let temp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let temp = temp_beside(path, "tmp")?;
         let result = (|| -> std::io::Result<(u64, Option<Stamp>)> {
             let mut w = BufWriter::new(std::fs::File::create(&temp)?);
-            w.write_all(MAGIC)?;
-            let name = self.model.as_bytes();
-            w.write_all(&u32::try_from(name.len()).unwrap_or(0).to_le_bytes())?;
-            w.write_all(name)?;
-            w.write_all(&self.version.to_le_bytes())?;
-            w.write_all(&(self.keys.len() as u64).to_le_bytes())?;
-            w.write_all(&u32::try_from(self.inputs.width).unwrap_or(0).to_le_bytes())?;
+            write_header(
+                &mut w,
+                &self.model,
+                self.version,
+                self.keys.len() as u64,
+                self.inputs.width,
+            )?;
             for (k, e) in self.iter() {
                 w.write_all(&k.to_le_bytes())?;
                 w.write_all(&e.digest.to_le_bytes())?;
@@ -712,6 +704,156 @@ impl DigestIndex {
                 let _ = std::fs::remove_file(&temp);
                 Err(err(path, e))
             }
+        }
+    }
+}
+
+/// Writes a new index as a batch run meets its entities, without holding
+/// it in memory: entries and inputs go to two temporary files beside the
+/// index, and [`IndexWriter::finish`] puts the header and both sections
+/// together into the index (a temporary file renamed into place). A
+/// writer dropped without `finish` (the run failed) removes its files and
+/// leaves any existing index as it was.
+#[derive(Debug)]
+pub struct IndexWriter {
+    model: String,
+    version: u64,
+    width: usize,
+    count: u64,
+    entries: BufWriter<std::fs::File>,
+    inputs: BufWriter<std::fs::File>,
+    /// The two temporary files (entries, inputs).
+    parts: [PathBuf; 2],
+    path: PathBuf,
+}
+
+/// A temporary file's path beside `path`, marked with the process id and
+/// `what`.
+fn temp_beside(path: &Path, what: &str) -> Result<PathBuf, BatchError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(path, "not a file path"))?
+        .to_string_lossy();
+    Ok(dir.join(format!(".{name}.{}.{what}.tmp", std::process::id())))
+}
+
+/// The header of an index file (everything before the entries).
+fn write_header(
+    w: &mut impl Write,
+    model: &str,
+    version: u64,
+    count: u64,
+    width: usize,
+) -> std::io::Result<()> {
+    w.write_all(MAGIC)?;
+    let name = model.as_bytes();
+    w.write_all(&u32::try_from(name.len()).unwrap_or(0).to_le_bytes())?;
+    w.write_all(name)?;
+    w.write_all(&version.to_le_bytes())?;
+    w.write_all(&count.to_le_bytes())?;
+    w.write_all(&u32::try_from(width).unwrap_or(0).to_le_bytes())
+}
+
+impl IndexWriter {
+    /// A writer of the index at `path` for `model` version `version`,
+    /// keeping `width` features of inputs per entity.
+    pub fn create(
+        path: &Path,
+        model: &str,
+        version: u64,
+        width: usize,
+    ) -> Result<Self, BatchError> {
+        let parts = [temp_beside(path, "entries")?, temp_beside(path, "inputs")?];
+        let open = |p: &Path| {
+            std::fs::File::create(p)
+                .map(BufWriter::new)
+                .map_err(|e| err(p, e))
+        };
+        let entries = open(&parts[0])?;
+        let inputs = match open(&parts[1]) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&parts[0]);
+                return Err(e);
+            }
+        };
+        Ok(IndexWriter {
+            model: model.to_owned(),
+            version,
+            width,
+            count: 0,
+            entries,
+            inputs,
+            parts,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Entities written so far.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// No entity written yet.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds an entity (a batch run meets each id once) with its inputs as
+    /// half floats (kept as unknown when they are not `width` features).
+    pub fn push(&mut self, key: u64, entry: IndexEntry, inputs: &[u8]) -> Result<(), BatchError> {
+        let n = 2 * self.width;
+        let result = (|| -> std::io::Result<()> {
+            self.entries.write_all(&key.to_le_bytes())?;
+            self.entries.write_all(&entry.digest.to_le_bytes())?;
+            self.entries.write_all(&entry.computed_at.to_le_bytes())?;
+            self.entries.write_all(&entry.expires_at.to_le_bytes())?;
+            if inputs.len() == n {
+                self.inputs.write_all(inputs)
+            } else {
+                for _ in 0..n {
+                    self.inputs.write_all(&[UNKNOWN])?;
+                }
+                Ok(())
+            }
+        })();
+        result.map_err(|e| err(&self.path, e))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Writes the index: header, entries, inputs, synced, then renamed
+    /// over `path`.
+    pub fn finish(mut self) -> Result<(), BatchError> {
+        let path = self.path.clone();
+        let temp = temp_beside(&path, "tmp")?;
+        let result = (|| -> std::io::Result<()> {
+            self.entries.flush()?;
+            self.inputs.flush()?;
+            let mut w = BufWriter::new(std::fs::File::create(&temp)?);
+            write_header(&mut w, &self.model, self.version, self.count, self.width)?;
+            for part in &self.parts {
+                std::io::copy(&mut std::fs::File::open(part)?, &mut w)?;
+            }
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            std::fs::rename(&temp, &path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result.map_err(|e| err(&path, e))
+    }
+}
+
+impl Drop for IndexWriter {
+    fn drop(&mut self) {
+        for part in &self.parts {
+            let _ = std::fs::remove_file(part);
         }
     }
 }
@@ -1047,6 +1189,54 @@ mod tests {
         assert_eq!(last.entry(2), Some(&entry(22)));
         assert_eq!(last.entry(1), Some(&entry(1)));
         assert_eq!(last.inputs(2), Some(&one(22)[..]));
+    }
+
+    #[test]
+    fn a_writer_streams_the_same_index_and_a_dropped_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.idx");
+        let entry = |d: u64| IndexEntry {
+            digest: d,
+            computed_at: 10 + d as u32,
+            expires_at: 20,
+        };
+        let row = |k: u64| halves(&[k as f32, 1.0]);
+        let mut whole = DigestIndex::new("m", 2, 2);
+        let mut w = IndexWriter::create(&path, "m", 2, 2).unwrap();
+        assert!(w.is_empty());
+        for k in 0..1000u64 {
+            whole.push(k * 3 + 1, entry(k), &row(k));
+            w.push(k * 3 + 1, entry(k), &row(k)).unwrap();
+        }
+        whole.push(5, entry(5), &[9]);
+        w.push(5, entry(5), &[9]).unwrap();
+        assert_eq!(w.len(), 1001);
+        // Only the two parts exist until the writer finishes.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        assert!(!path.exists());
+        w.finish().unwrap();
+        let streamed = std::fs::read(&path).unwrap();
+        let other = dir.path().join("whole.idx");
+        whole.write(&other).unwrap();
+        assert_eq!(streamed, std::fs::read(&other).unwrap(), "byte for byte");
+        let back = DigestIndex::read(&path).unwrap();
+        assert_eq!(back.inputs(7), Some(&row(7)[..]));
+        assert_eq!(back.inputs(1000), Some(&[UNKNOWN; 4][..]));
+        drop(back);
+        std::fs::remove_file(&other).unwrap();
+
+        // A run that fails drops its writer: the index it had stays, and
+        // no temporary file is left.
+        let mut w = IndexWriter::create(&path, "m", 3, 2).unwrap();
+        w.push(1, entry(1), &row(1)).unwrap();
+        drop(w);
+        assert_eq!(std::fs::read(&path).unwrap(), streamed);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A directory that does not exist fails at once, naming the path.
+        let e = IndexWriter::create(&dir.path().join("no/such.idx"), "m", 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("such.idx"), "{e}");
     }
 
     #[test]

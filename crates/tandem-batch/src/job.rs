@@ -224,7 +224,10 @@ async fn run_batch_inner(
     let mut index = opts
         .index
         .as_ref()
-        .map(|_| crate::index::DigestIndex::new(model.name(), model.version(), features.len()));
+        .map(|p| {
+            crate::index::IndexWriter::create(p, model.name(), model.version(), features.len())
+        })
+        .transpose()?;
     let source = crate::plan::parallel_source(&ctx, &base).await?;
     let query = scoring_query(
         &source,
@@ -341,7 +344,7 @@ async fn run_batch_inner(
                 if let Some(packed) = &row.inputs {
                     tandem_core::record::unpack_inputs_into(packed, &mut halves);
                 }
-                ix.push(
+                if let Err(e) = ix.push(
                     crate::digest::id_hash(&row.id),
                     crate::index::IndexEntry {
                         digest: row.index_hash,
@@ -349,7 +352,10 @@ async fn run_batch_inner(
                         expires_at: expires,
                     },
                     &halves,
-                );
+                ) {
+                    outcome = Err(e);
+                    break 'batches;
+                }
             }
         }
         if let Some(tx) = &sender {
@@ -415,8 +421,8 @@ async fn run_batch_inner(
         (None, _) => None,
     };
     outcome?;
-    if let (Some(ix), Some(path)) = (&mut index, &opts.index) {
-        ix.write(path)?;
+    if let Some(ix) = index {
+        ix.finish()?;
     }
     let wall = started.elapsed().as_secs_f64();
     let skipped = rules.skipped();
