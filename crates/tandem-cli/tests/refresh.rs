@@ -459,6 +459,90 @@ fn a_digest_index_clears_unchanged_entities_without_reading_the_store() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.idx"));
 }
 
+#[test]
+fn a_resumed_refresh_skips_what_its_run_rescored_even_with_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let v1 = repo.join("churn/1/model.onnx");
+    let redis = tandem_testing::RedisServer::start();
+    let url = redis.url();
+    let index = dir.path().join("churn.idx");
+    let (old, new) = (dir.path().join("v1.csv"), dir.path().join("v2.csv"));
+    write(&old, 100, |_| 0.0);
+    tandem_ok(&[
+        "batch",
+        "--model",
+        s(&v1),
+        "--input",
+        s(&old),
+        "--store",
+        &url,
+        "--run-id",
+        "base",
+        "--index",
+        s(&index),
+    ]);
+    // e0..e9 drift by 1.0, e10..e19 by 0.001.
+    write(&new, 100, |i| match i {
+        0..=9 => 1.0,
+        10..=19 => 0.001,
+        _ => 0.0,
+    });
+    let common = [
+        "--model",
+        s(&v1),
+        "--input",
+        s(&new),
+        "--store",
+        &url,
+        "--changed-threshold",
+        "0.1",
+    ];
+    // Run "r" rescores e0..e9 but (as if killed before it saved the
+    // index) leaves the index as the batch run wrote it.
+    let mut first = common.to_vec();
+    first.extend(["--run-id", "r"]);
+    let r = refresh(&first);
+    assert_eq!(r["rescored"], 10, "{r}");
+    let index_before = std::fs::read(&index).unwrap();
+
+    // Resumed with the index: the index still lists e0..e9's old inputs,
+    // which would say "rescore"; a resume reads their records instead and
+    // finds them done by run "r".
+    let before = reads(&redis);
+    let mut resumed = common.to_vec();
+    resumed.extend(["--resume", "r", "--index", s(&index)]);
+    let r = refresh(&resumed);
+    let after = reads(&redis);
+    assert_eq!(r["run_id"], "r", "{r}");
+    assert_eq!(r["already_done"], 10, "{r}");
+    assert_eq!(r["rescored"], 0, "{r}");
+    assert_eq!(r["unchanged"], 90, "{r}");
+    assert_eq!(r["cleared_by_index"], 80, "e20..e99 by their digests: {r}");
+    assert_eq!(after.0 - before.0, 20, "e0..e19 were read");
+    assert_eq!(
+        std::fs::read(&index).unwrap(),
+        index_before,
+        "nothing rescored"
+    );
+    let recs = records_in(&url, 100);
+    for (i, rec) in recs.iter().enumerate() {
+        let want = if i < 10 { "r" } else { "base" };
+        assert_eq!(rec.run_id.as_deref(), Some(want), "e{i}");
+    }
+}
+
+/// Every stored record of e0..e(n-1) in the store at `url`, in order.
+fn records_in(url: &str, n: usize) -> Vec<PredictionRecord> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let st = tandem_store::open(url).unwrap();
+        let ids: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+        let got = st.get_predictions(&ids).await.unwrap();
+        got.into_iter().map(|r| r.unwrap()).collect()
+    })
+}
+
 /// Writes e0..e(n-1) as Parquet with FLOAT (f32) or DOUBLE feature columns
 /// holding the same f32 values.
 fn write_parquet(path: &Path, n: usize, float32: bool) {
