@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tandem_core::FeatureBatch;
 use tandem_engine::{EngineError, Model, OutputData, OutputTensor, VersionSpec};
@@ -16,7 +17,7 @@ use crate::AppState;
 use crate::error::{ApiError, Protocol};
 use crate::json::{parse_relaxed, to_body};
 use crate::metrics::SourceLabel;
-use crate::tensors::flat;
+use crate::tensors::{Flat, flat};
 
 const P: Protocol = Protocol::KServe;
 const HEADER_LEN: &str = "inference-header-content-length";
@@ -184,6 +185,42 @@ fn binary_reader(datatype: &str) -> Option<(usize, ReadElement)> {
     })
 }
 
+/// An infer request as it is parsed on the fast path: the tensors' `data`
+/// flattened straight into numbers ([`Flat`]), everything else kept as
+/// values.
+#[derive(Deserialize)]
+struct FastRequest {
+    inputs: Vec<FastInput>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct FastInput {
+    #[serde(default)]
+    data: Option<Flat>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+/// The request as a value without its inputs' `data`, and each input's
+/// numbers; `None` for anything but plain JSON whose inputs are objects
+/// with numeric (possibly nested) `data` (the caller then parses it as a
+/// value).
+fn fast_request(json: &[u8]) -> Option<(Value, Vec<Option<Vec<f32>>>)> {
+    let FastRequest { inputs, mut rest } = serde_json::from_slice(json).ok()?;
+    let mut data = Vec::with_capacity(inputs.len());
+    let inputs = inputs
+        .into_iter()
+        .map(|i| {
+            data.push(i.data.map(|Flat(v)| v));
+            Value::Object(i.rest)
+        })
+        .collect();
+    rest.insert("inputs".into(), Value::Array(inputs));
+    Some((Value::Object(rest), data))
+}
+
 const NUMERIC: &[&str] = &[
     "FP16", "FP32", "FP64", "BF16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
     "UINT64", "BOOL",
@@ -210,7 +247,16 @@ async fn run_infer(
         }
         None => (body, &[][..]),
     };
-    let req = parse_relaxed(json_part).map_err(|e| ApiError::invalid(P, e))?;
+    // A well-formed request's tensors are flattened while it is parsed;
+    // anything else is parsed again as a value, whose checks below say
+    // what is wrong with it.
+    let (req, mut parsed_data) = match fast_request(json_part) {
+        Some(fast) => fast,
+        None => (
+            parse_relaxed(json_part).map_err(|e| ApiError::invalid(P, e))?,
+            Vec::new(),
+        ),
+    };
     let req = req
         .as_object()
         .ok_or_else(|| ApiError::invalid(P, "the request body must be a JSON object"))?;
@@ -282,15 +328,18 @@ async fn run_infer(
             binary = rest;
             mine.chunks_exact(elem).map(read).collect()
         }
-        None => {
-            let data = input
-                .get("data")
-                .ok_or_else(|| ApiError::invalid(P, "input has no 'data'"))?;
-            let mut values = Vec::with_capacity(count);
-            crate::tensors::flatten(data, &mut values)
-                .map_err(|e| ApiError::invalid(P, format!("data{e}")))?;
-            values
-        }
+        None => match parsed_data.first_mut().and_then(Option::take) {
+            Some(values) => values,
+            None => {
+                let data = input
+                    .get("data")
+                    .ok_or_else(|| ApiError::invalid(P, "input has no 'data'"))?;
+                let mut values = Vec::with_capacity(count);
+                crate::tensors::flatten(data, &mut values)
+                    .map_err(|e| ApiError::invalid(P, format!("data{e}")))?;
+                values
+            }
+        },
     };
     let _ = binary;
     if values.len() != count {

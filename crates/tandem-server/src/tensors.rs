@@ -1,10 +1,12 @@
 //! Nested JSON arrays to and from row-major tensors, shared by the TF
 //! Serving and KServe adapters.
 
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use tandem_engine::{OutputData, OutputTensor};
 
-use crate::json::{as_f64, number};
+use crate::json::{INF, NAN, NEG_INF, as_f64, number};
 
 /// Flattens a (possibly nested) JSON array of numbers into `out`, returning
 /// its shape. Ragged arrays and non-numbers are errors naming the position.
@@ -33,6 +35,91 @@ pub fn flatten(v: &Value, out: &mut Vec<f32>) -> Result<Vec<usize>, String> {
             }
             None => Err(format!(": {other} is not a number")),
         },
+    }
+}
+
+/// A (possibly nested) JSON array of numbers flattened while it is parsed,
+/// without a [`Value`] per number: what [`flatten`] gives from the parsed
+/// value, for the inputs it accepts. Anything it refuses (a ragged array,
+/// a value that is not a number) fails to deserialize, so that the caller
+/// can parse the request again as a value and report it as [`flatten`]
+/// does.
+#[derive(Debug, PartialEq)]
+pub struct Flat(pub Vec<f32>);
+
+impl<'de> Deserialize<'de> for Flat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        Level(&mut out).deserialize(d)?;
+        Ok(Flat(out))
+    }
+}
+
+/// One level of a nested array: its shape, its numbers appended.
+struct Level<'a>(&'a mut Vec<f32>);
+
+impl<'de> DeserializeSeed<'de> for Level<'_> {
+    type Value = Vec<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<usize>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Level<'_> {
+    type Value = Vec<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number or a nested array of numbers")
+    }
+
+    // The conversions of `as_f64`, then to f32, as `flatten` makes them.
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Vec<usize>, E> {
+        self.0.push(f32::from(u8::from(v)));
+        Ok(Vec::new())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Vec<usize>, E> {
+        self.0.push(v as f64 as f32);
+        Ok(Vec::new())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Vec<usize>, E> {
+        self.0.push(v as f64 as f32);
+        Ok(Vec::new())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Vec<usize>, E> {
+        self.0.push(v as f32);
+        Ok(Vec::new())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<usize>, E> {
+        let x = match v {
+            NAN => f32::NAN,
+            INF => f32::INFINITY,
+            NEG_INF => f32::NEG_INFINITY,
+            _ => return Err(E::custom("not a number")),
+        };
+        self.0.push(x);
+        Ok(Vec::new())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<usize>, A::Error> {
+        let out = self.0;
+        let mut inner: Option<Vec<usize>> = None;
+        let mut n = 0usize;
+        while let Some(shape) = seq.next_element_seed(Level(&mut *out))? {
+            match &inner {
+                None => inner = Some(shape),
+                Some(s) if *s == shape => {}
+                Some(_) => return Err(de::Error::custom("ragged array")),
+            }
+            n += 1;
+        }
+        let mut shape = vec![n];
+        shape.extend(inner.unwrap_or_default());
+        Ok(shape)
     }
 }
 
@@ -116,6 +203,44 @@ mod tests {
                 .unwrap_err()
                 .contains("[0][1]")
         );
+    }
+
+    #[test]
+    fn flat_parses_what_flatten_accepts_and_refuses_the_rest() {
+        let accepted = [
+            "[[1, 2], [3, 4.5]]",
+            "[1, -2, 18446744073709551615, 0.1, true, false]",
+            r#"["NaN", "Infinity", "-Infinity", 1e300]"#,
+            "[[[1], [2]], [[3], [4]]]",
+            "[]",
+            "[[], []]",
+            "7",
+        ];
+        for text in accepted {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let mut want = vec![];
+            flatten(&value, &mut want).unwrap();
+            let Flat(got) = serde_json::from_str(text).unwrap();
+            assert_eq!(got.len(), want.len(), "{text}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{text}"
+                );
+            }
+        }
+        for text in [
+            "[[1, 2], [3]]",
+            r#"[[1, "x"]]"#,
+            "[1, null]",
+            "[[1], 2]",
+            r#"{"a": 1}"#,
+            "[1, [2]]",
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert!(flatten(&value, &mut vec![]).is_err(), "{text}");
+            assert!(serde_json::from_str::<Flat>(text).is_err(), "{text}");
+        }
     }
 
     #[test]
