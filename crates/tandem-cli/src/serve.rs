@@ -128,7 +128,10 @@ async fn run(
     let path = settings.model_path.clone();
     let latest = settings.config.models.latest_versions;
     let repo = tokio::task::spawn_blocking(move || {
-        ModelRepository::open_path(&path, VersionPolicy::Latest(latest))
+        let repo = ModelRepository::open_path(&path, VersionPolicy::Latest(latest));
+        // Loading's transient memory was freed on this thread.
+        crate::release_free_memory();
+        repo
     })
     .await
     .context("model loading panicked")?
@@ -162,6 +165,7 @@ async fn run(
         store,
         features,
     ));
+    crate::release_free_memory();
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -209,10 +213,13 @@ async fn poll_models(
             _ = stop.changed() => return,
         }
         let e = engine.clone();
-        if tokio::task::spawn_blocking(move || e.models().reload())
-            .await
-            .is_err()
-        {
+        let reload = tokio::task::spawn_blocking(move || {
+            let report = e.models().reload();
+            if !report.loaded.is_empty() || !report.unloaded.is_empty() {
+                crate::release_free_memory();
+            }
+        });
+        if reload.await.is_err() {
             tracing::error!("model reload panicked; keeping the current models");
         }
     }
