@@ -186,21 +186,48 @@ fn binary_reader(datatype: &str) -> Option<(usize, ReadElement)> {
 }
 
 /// An infer request as it is parsed on the fast path: the tensors' `data`
-/// flattened straight into numbers ([`Flat`]), everything else kept as
-/// values.
+/// flattened straight into numbers ([`Flat`]), the other fields the
+/// handler reads kept as values (present, even as `null`, or absent), and
+/// fields it does not read skipped, as the value path ignores them.
 #[derive(Deserialize)]
 struct FastRequest {
     inputs: Vec<FastInput>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    outputs: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    parameters: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct FastInput {
     #[serde(default)]
     data: Option<Flat>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    datatype: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    shape: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    parameters: Option<Value>,
+}
+
+/// A field that is there, `null` included (`Option<Value>` alone reads
+/// `null` as absent, where the value path sees `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// An object of the fields that are present.
+fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+            .collect(),
+    )
 }
 
 /// The request as a value without its inputs' `data`, and each input's
@@ -208,17 +235,28 @@ struct FastInput {
 /// with numeric (possibly nested) `data` (the caller then parses it as a
 /// value).
 fn fast_request(json: &[u8]) -> Option<(Value, Vec<Option<Vec<f32>>>)> {
-    let FastRequest { inputs, mut rest } = serde_json::from_slice(json).ok()?;
-    let mut data = Vec::with_capacity(inputs.len());
-    let inputs = inputs
+    let req: FastRequest = serde_json::from_slice(json).ok()?;
+    let mut data = Vec::with_capacity(req.inputs.len());
+    let inputs = req
+        .inputs
         .into_iter()
         .map(|i| {
             data.push(i.data.map(|Flat(v)| v));
-            Value::Object(i.rest)
+            object([
+                ("name", i.name),
+                ("datatype", i.datatype),
+                ("shape", i.shape),
+                ("parameters", i.parameters),
+            ])
         })
         .collect();
-    rest.insert("inputs".into(), Value::Array(inputs));
-    Some((Value::Object(rest), data))
+    let req = object([
+        ("inputs", Some(Value::Array(inputs))),
+        ("id", req.id),
+        ("outputs", req.outputs),
+        ("parameters", req.parameters),
+    ]);
+    Some((req, data))
 }
 
 const NUMERIC: &[&str] = &[
@@ -495,4 +533,72 @@ async fn run_infer(
         HeaderValue::from_str(&len.to_string()).unwrap_or(HeaderValue::from_static("0")),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the handler reads of a request parsed as a value: the fields
+    /// it looks at, each input without its `data`, and the inputs' numbers.
+    fn read_fields(body: &str) -> (Value, Vec<Option<Vec<f32>>>) {
+        let v = parse_relaxed(body.as_bytes()).unwrap();
+        let keep = |o: &Map<String, Value>, keys: &[&str]| -> Map<String, Value> {
+            o.iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let o = v.as_object().unwrap();
+        let mut data = Vec::new();
+        let mut out = keep(o, &["id", "outputs", "parameters"]);
+        let inputs = o["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let i = i.as_object().unwrap();
+                data.push(i.get("data").map(|d| {
+                    let mut values = Vec::new();
+                    crate::tensors::flatten(d, &mut values).unwrap();
+                    values
+                }));
+                Value::Object(keep(i, &["name", "datatype", "shape", "parameters"]))
+            })
+            .collect();
+        out.insert("inputs".into(), Value::Array(inputs));
+        (Value::Object(out), data)
+    }
+
+    #[test]
+    fn fast_parse_reads_what_the_value_parse_reads() {
+        let accepted = [
+            r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2.5,-3e-2]}]}"#,
+            r#"{"id":"r1","inputs":[{"name":"input","shape":[2,2],"datatype":"FP64","data":[[1,2],[3,4]]}],"outputs":[{"name":"variable"}],"parameters":{"timeout":5}}"#,
+            // `null` fields stay `null` (the handler refuses a `null` id).
+            r#"{"id":null,"inputs":[{"name":null,"shape":null,"datatype":"FP32","data":[1]}],"parameters":null}"#,
+            // Fields the handler does not read are dropped on both paths.
+            r#"{"extra":{"a":[1,2]},"inputs":[{"name":"input","shape":[1],"datatype":"INT32","data":[7],"other":true}]}"#,
+            // No data (binary tensors), and a wrongly typed id.
+            r#"{"id":5,"inputs":[{"name":"input","shape":[1,2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#,
+            r#"{"inputs":[]}"#,
+        ];
+        for body in accepted {
+            let fast = fast_request(body.as_bytes()).unwrap_or_else(|| panic!("refused {body}"));
+            assert_eq!(fast, read_fields(body), "{body}");
+        }
+        let refused = [
+            r#"{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":[NaN]}]}"#,
+            r#"{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":["x"]}]}"#,
+            r#"{"inputs":[{"name":"input","shape":[2],"datatype":"FP32","data":[[1],2]}]}"#,
+            r#"{"inputs":[5]}"#,
+            r#"{"inputs":{"name":"input"}}"#,
+            r#"{"id":"a","id":"b","inputs":[]}"#,
+            r#"[1,2]"#,
+            r#"{"inputs":[{"data":[1]}]"#,
+        ];
+        for body in refused {
+            assert!(fast_request(body.as_bytes()).is_none(), "{body}");
+        }
+    }
 }
