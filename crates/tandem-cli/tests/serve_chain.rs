@@ -516,3 +516,62 @@ fn request_ids_are_echoed_and_carried_by_json_logs() {
     assert_eq!(v["span"]["route"], "/v1/predict/{entity_id}", "{v}");
     assert_eq!(v["fields"]["status"], 404, "{v}");
 }
+
+/// `GET /v1/predict/{id}` is answered in front of the router when the id
+/// needs no decoding (`tandem_server::front`), and by the router when it
+/// does: both must answer alike, errors included, and count alike.
+#[test]
+fn entity_route_answers_alike_in_front_of_the_router_and_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let redis = loaded_redis(dir.path(), &repo);
+    let server = Serve::start(&["--model", s(&repo), "--store", &redis.url()], &[]);
+    // "%65" decodes to "e": the same entities, through the router.
+    let cases = [
+        ("e1", "%651", ""),
+        ("e70", "%6570", "?mode=realtime_only"),
+        ("e2", "%652", "?mode=batch_only&max_staleness=1h"),
+        ("e3", "%653", "?mode=fast"),
+        ("e4", "%654", "?colour=red"),
+        ("e5", "%655", "?model=nope"),
+        ("e99999", "%6599999", "?mode=batch_only"),
+    ];
+    let mut ok = 0;
+    for (plain, encoded, query) in cases {
+        let front = server.get(&format!("/v1/predict/{plain}{query}"));
+        let routed = server.get(&format!("/v1/predict/{encoded}{query}"));
+        assert_eq!(
+            front.status, routed.status,
+            "{plain}{query}: {} / {}",
+            front.body, routed.body
+        );
+        let (mut f, mut r) = (front.json(), routed.json());
+        if front.status == 200 {
+            ok += 2;
+            assert_eq!(f["entity_id"], plain, "{f}");
+            // The second answer may come from memory, and later.
+            for v in [&mut f, &mut r] {
+                let o = v.as_object_mut().unwrap();
+                for k in ["age_ms", "computed_at", "source"] {
+                    o.remove(k);
+                }
+            }
+        }
+        assert_eq!(f, r, "{plain}{query}");
+    }
+    assert!(ok >= 6, "{ok} answers were 200");
+    let metrics = server.get("/metrics").body;
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tandem_requests_total{")
+                && l.contains(r#"route="/v1/predict/{entity_id}""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no 200 count of the entity route in\n{metrics}"));
+    assert_eq!(
+        line.rsplit(' ').next(),
+        Some(ok.to_string().as_str()),
+        "{line}"
+    );
+}

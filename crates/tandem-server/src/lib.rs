@@ -11,6 +11,7 @@
 //! Errors are mapped to HTTP once, in [`error`].
 
 pub mod error;
+pub mod front;
 pub mod json;
 pub mod kserve;
 pub mod latency;
@@ -97,14 +98,25 @@ pub fn router(
     config: HttpConfig,
     metrics: Option<recorder::MetricsHandle>,
 ) -> Router {
-    let state = AppState(Arc::new(Shared {
+    routes(state(engine, &config, metrics), &config)
+}
+
+fn state(
+    engine: Arc<Engine>,
+    config: &HttpConfig,
+    metrics: Option<recorder::MetricsHandle>,
+) -> AppState {
+    AppState(Arc::new(Shared {
         engine,
         started: Instant::now(),
         metrics,
         latency: Arc::new(latency::Latency::new(config.window)),
         sla: config.sla,
         price_per_hour: config.price_per_hour,
-    }));
+    }))
+}
+
+fn routes(state: AppState, config: &HttpConfig) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/livez", get(livez))
@@ -290,7 +302,8 @@ pub async fn serve(
     metrics: Option<recorder::MetricsHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(engine.clone(), config, metrics);
+    let state = state(engine.clone(), &config, metrics);
+    let app = front::Front::new(routes(state.clone(), &config), state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -85,14 +85,26 @@ pub async fn track(
     next: Next,
 ) -> Response {
     let template = matched.as_ref().map(MatchedPath::as_str);
-    let route = route_label(template);
     let method = req.method().clone();
-    let prediction = is_prediction(route, &method);
     let id = crate::trace::request_id(req.headers());
+    observe(&state, template, &method, id, next.run(req)).await
+}
+
+/// [`track`]'s work around `answer`, the response to a request with this
+/// route `template`, `method` and request `id` (also for routes answered
+/// before the router, `crate::front`).
+pub(crate) async fn observe(
+    state: &AppState,
+    template: Option<&str>,
+    method: &axum::http::Method,
+    id: axum::http::HeaderValue,
+    answer: impl Future<Output = Response>,
+) -> Response {
+    let route = route_label(template);
+    let prediction = is_prediction(route, method);
     let started = Instant::now();
     IN_FLIGHT.add(1);
-    let resp =
-        crate::trace::with_id(id, &method, template.unwrap_or("unmatched"), next.run(req)).await;
+    let resp = crate::trace::with_id(id, method, template.unwrap_or("unmatched"), answer).await;
     IN_FLIGHT.add(-1);
     let source = resp
         .extensions()
