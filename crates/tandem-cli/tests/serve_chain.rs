@@ -517,9 +517,10 @@ fn request_ids_are_echoed_and_carried_by_json_logs() {
     assert_eq!(v["fields"]["status"], 404, "{v}");
 }
 
-/// `GET /v1/predict/{id}` is answered in front of the router when the id
-/// needs no decoding (`tandem_server::front`), and by the router when it
-/// does: both must answer alike, errors included, and count alike.
+/// `GET /v1/predict/{id}` and KServe infer are answered in front of the
+/// router when the path needs no decoding (`tandem_server::front`), and by
+/// the router when it does: both must answer alike, errors included, and
+/// count alike.
 #[test]
 fn entity_route_answers_alike_in_front_of_the_router_and_through_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -560,6 +561,28 @@ fn entity_route_answers_alike_in_front_of_the_router_and_through_it() {
         assert_eq!(f, r, "{plain}{query}");
     }
     assert!(ok >= 6, "{ok} answers were 200");
+    // KServe infer: "%63" decodes to "c".
+    let meta = server.get_ok("/v2/models/churn");
+    let input = meta["inputs"][0]["name"].as_str().unwrap().to_string();
+    let rows: Vec<f32> = (0..3).flat_map(features).collect();
+    let bodies = [
+        json!({"id": "q1", "inputs": [{"name": input, "shape": [3, 8], "datatype": "FP32", "data": rows}]}).to_string(),
+        json!({"inputs": [{"name": input, "shape": [1, 8], "datatype": "FP64", "data": [rows[..8]]}], "outputs": [{"name": "nope"}]}).to_string(),
+        json!({"inputs": [{"name": "wrong", "shape": [1, 8], "datatype": "FP32", "data": &rows[..8]}]}).to_string(),
+        "{\"inputs\": ".to_string(),
+    ];
+    let mut inferred = 0;
+    for body in &bodies {
+        let front = server.post("/v2/models/churn/infer", body);
+        let routed = server.post("/v2/models/%63hurn/infer", body);
+        assert_eq!(
+            (front.status, &front.body),
+            (routed.status, &routed.body),
+            "{body}"
+        );
+        inferred += usize::from(front.status == 200) * 2;
+    }
+    assert_eq!(inferred, 2);
     let metrics = server.get("/metrics").body;
     let line = metrics
         .lines()
@@ -574,4 +597,13 @@ fn entity_route_answers_alike_in_front_of_the_router_and_through_it() {
         Some(ok.to_string().as_str()),
         "{line}"
     );
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tandem_requests_total{")
+                && l.contains(r#"route="/v2/models/{model}/infer""#)
+                && l.contains(r#"status="400""#)
+        })
+        .unwrap_or_else(|| panic!("no 400 count of the infer route in\n{metrics}"));
+    assert_eq!(line.rsplit(' ').next(), Some("6"), "{line}");
 }

@@ -264,7 +264,7 @@ const NUMERIC: &[&str] = &[
     "UINT64", "BOOL",
 ];
 
-async fn run_infer(
+pub(crate) async fn run_infer(
     state: &AppState,
     model_name: &str,
     version: Option<&str>,

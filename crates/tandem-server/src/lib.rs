@@ -303,7 +303,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = state(engine.clone(), &config, metrics);
-    let app = front::Front::new(routes(state.clone(), &config), state);
+    let app = front::Front::new(routes(state.clone(), &config), state, config.body_limit);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
