@@ -218,7 +218,7 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, in_queue: &AtomicUsize, max_rows: usi
     loop {
         let jobs = {
             let Ok(mut rx) = rx.lock() else { return };
-            let Some(first) = rx.blocking_recv() else {
+            let Some(first) = next_job(&mut rx) else {
                 return;
             };
             let mut rows = first.n_rows();
@@ -237,6 +237,26 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>, in_queue: &AtomicUsize, max_rows: usi
         in_queue.fetch_sub(jobs.len(), Ordering::Relaxed);
         let live: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
         run_jobs(live, max_rows);
+    }
+}
+
+/// The next job, waiting for one if need be; `None` once every handle is
+/// gone. With the queue empty the thread first yields its core once: the
+/// callers it shares the cores with (the async workers, on a small
+/// machine) then queue what they have, so the next batch holds more than
+/// one job and a burst costs one wake-up of this thread instead of one per
+/// job. No timer: when nothing came, it parks as before.
+fn next_job(rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+    match rx.try_recv() {
+        Ok(job) => return Some(job),
+        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        Err(mpsc::error::TryRecvError::Empty) => {}
+    }
+    std::thread::yield_now();
+    match rx.try_recv() {
+        Ok(job) => Some(job),
+        Err(mpsc::error::TryRecvError::Disconnected) => None,
+        Err(mpsc::error::TryRecvError::Empty) => rx.blocking_recv(),
     }
 }
 
@@ -457,6 +477,46 @@ mod tests {
             Output::Predictions(p) => p.values().to_vec(),
             Output::Outputs(_) => panic!("asked for predictions"),
         }
+    }
+
+    fn job(runner: &Arc<Fake>, x: f32) -> (Job, oneshot::Receiver<Result<Done, EngineError>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            runner: runner.clone(),
+            rows: vec![x, 0.0],
+            want: Want::Predictions,
+            enqueued: Instant::now(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn the_next_job_is_taken_queued_or_awaited_and_none_once_closed() {
+        let fake = Fake::new(2, Duration::ZERO);
+        let (tx, mut rx) = mpsc::channel(8);
+        // Queued: taken in order without waiting.
+        let (a, _ra) = job(&fake, 1.0);
+        let (b, _rb) = job(&fake, 2.0);
+        tx.try_send(a).ok().unwrap();
+        tx.try_send(b).ok().unwrap();
+        assert_eq!(next_job(&mut rx).unwrap().rows[0], 1.0);
+        assert_eq!(next_job(&mut rx).unwrap().rows[0], 2.0);
+        // Empty: waits for the one sent later from another thread.
+        let (c, _rc) = job(&fake, 3.0);
+        let sender = tx.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            sender.try_send(c).ok().unwrap();
+        });
+        assert_eq!(next_job(&mut rx).unwrap().rows[0], 3.0);
+        t.join().unwrap();
+        // Every handle gone: none, after what is still queued.
+        let (d, _rd) = job(&fake, 4.0);
+        tx.try_send(d).ok().unwrap();
+        drop(tx);
+        assert_eq!(next_job(&mut rx).unwrap().rows[0], 4.0);
+        assert!(next_job(&mut rx).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
