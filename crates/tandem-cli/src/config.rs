@@ -251,6 +251,9 @@ pub struct StoreSection {
     /// Merged reads in flight per kind (features, predictions); 0 turns
     /// merging of concurrent requests' reads off.
     pub reads_in_flight: usize,
+    /// A real-time prediction equal to the one written for the entity less
+    /// than this long before is not written again; `0s` writes every one.
+    pub rewrite_unchanged_after: String,
 }
 
 impl Default for StoreSection {
@@ -260,6 +263,7 @@ impl Default for StoreSection {
             features_url: None,
             write_queue: 65_536,
             reads_in_flight: 4,
+            rewrite_unchanged_after: "1s".into(),
         }
     }
 }
@@ -653,6 +657,10 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
         max_entities: config.hybrid.max_entities,
         infer_deadline: duration("hybrid.infer_deadline", &config.hybrid.infer_deadline)?,
         write_queue: config.store.write_queue.max(1),
+        rewrite_unchanged_after: duration(
+            "store.rewrite_unchanged_after",
+            &config.store.rewrite_unchanged_after,
+        )?,
         stale_on_new_version: config.hybrid.stale_on_new_version,
         memory: MemoryTierConfig {
             max_bytes: config.memory.max_bytes,

@@ -607,3 +607,70 @@ fn entity_route_answers_alike_in_front_of_the_router_and_through_it() {
         .unwrap_or_else(|| panic!("no 400 count of the infer route in\n{metrics}"));
     assert_eq!(line.rsplit(' ').next(), Some("6"), "{line}");
 }
+
+/// The stored record of an entity's prediction.
+fn stored(redis: &RedisServer, id: &str) -> Option<Value> {
+    bulk(&redis.command(&["GET", &format!("pred:{id}")])).map(|b| serde_json::from_str(&b).unwrap())
+}
+
+#[test]
+fn a_prediction_recomputed_unchanged_is_not_rewritten_until_the_interval_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let redis = loaded_redis(dir.path(), &repo);
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", &redis.url()],
+        &[("TANDEM__STORE__REWRITE_UNCHANGED_AFTER", "1h")],
+    );
+    let settled = |server: &Serve| {
+        server.wait_for(10, "write-back queue empty", || {
+            server.get_ok("/v1/stats")["writes"]["pending"] == 0
+        })
+    };
+
+    let first = server.get_ok("/v1/predict/e60?mode=realtime_only");
+    assert_eq!(source(&first), "realtime", "{first}");
+    server.wait_for(10, "write-back of e60", || stored(&redis, "e60").is_some());
+    let written = stored(&redis, "e60").unwrap();
+    assert_eq!(written["timestamp"], first["computed_at"]);
+
+    // The same features again: computed (the answer is new), not rewritten.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = server.get_ok("/v1/predict/e60?mode=realtime_only");
+    assert_eq!(source(&again), "realtime", "{again}");
+    assert_eq!(again["prediction"], first["prediction"]);
+    assert!(again["computed_at"].as_f64() > first["computed_at"].as_f64());
+    settled(&server);
+    assert_eq!(stored(&redis, "e60").unwrap(), written);
+    assert_eq!(server.get_ok("/v1/stats")["writes"]["unchanged"], 1);
+
+    // Changed features: a new input digest, written at once.
+    let mut row: serde_json::Map<String, Value> = (0..WIDTH)
+        .map(|f| (format!("f{f}"), json!(value(60, f))))
+        .collect();
+    row.insert("f0".into(), json!(value(60, 0) + 1.0));
+    redis.command(&["SET", "features:e60", &Value::Object(row).to_string()]);
+    let changed = server.get_ok("/v1/predict/e60?mode=realtime_only");
+    server.wait_for(10, "rewrite of e60", || {
+        stored(&redis, "e60").unwrap()["timestamp"] == changed["computed_at"]
+    });
+    assert_ne!(stored(&redis, "e60").unwrap()["digest"], written["digest"]);
+    assert_eq!(server.get_ok("/v1/stats")["writes"]["unchanged"], 1);
+    assert!(server.terminate().success());
+
+    // With the interval at zero every computed prediction is written.
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", &redis.url()],
+        &[("TANDEM__STORE__REWRITE_UNCHANGED_AFTER", "0s")],
+    );
+    for _ in 0..2 {
+        let a = server.get_ok("/v1/predict/e61?mode=realtime_only");
+        server.wait_for(10, "write-back of e61", || {
+            stored(&redis, "e61").is_some_and(|r| r["timestamp"] == a["computed_at"])
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    settled(&server);
+    assert_eq!(server.get_ok("/v1/stats")["writes"]["unchanged"], 0);
+    assert!(server.terminate().success());
+}

@@ -49,6 +49,11 @@ pub struct EngineConfig {
     pub infer_deadline: Duration,
     /// Room in the store write-back queue.
     pub write_queue: usize,
+    /// A real-time prediction equal to the one this server wrote back for
+    /// the entity less than this long before (same value, model, version
+    /// and input digest) is not written again, so that the stored record's
+    /// `computed_at` lags by less than this; zero writes every one.
+    pub rewrite_unchanged_after: Duration,
     /// Whether a stored prediction made by an older version of the model is
     /// stale.
     pub stale_on_new_version: bool,
@@ -74,6 +79,7 @@ impl Default for EngineConfig {
             max_entities: 1000,
             infer_deadline: Duration::from_secs(1),
             write_queue: 65_536,
+            rewrite_unchanged_after: Duration::from_secs(1),
             stale_on_new_version: true,
             memory: MemoryTierConfig::default(),
             store_reads_in_flight: 4,
@@ -709,10 +715,16 @@ impl Engine {
                 ttl: self.config.ttl.realtime,
             });
         }
+        let memory = self.tiers.memory();
+        let after = self.config.rewrite_unchanged_after;
         for e in entries {
-            self.tiers
-                .memory()
-                .insert(&e.entity, e.record.clone(), e.ttl);
+            // A hot entity recomputed on unchanged features: its last write
+            // is recent enough.
+            if !after.is_zero() && memory.holds_recent(&e.entity, &e.record, after) {
+                self.stats.write_unchanged();
+                continue;
+            }
+            memory.insert(&e.entity, e.record.clone(), e.ttl);
             if !self.writer.push(e) {
                 self.stats.write_dropped();
             }

@@ -36,6 +36,7 @@ pub struct Stats {
     infer_requests: Counter,
     writes_failed: Counter,
     writes_dropped: Counter,
+    writes_unchanged: Counter,
     /// `secs` buckets per shard, shard after shard.
     window: Vec<Bucket>,
     secs: usize,
@@ -65,6 +66,9 @@ pub struct StatsSnapshot {
     pub writes_failed: u64,
     /// Real-time predictions not written because the write queue was full.
     pub writes_dropped: u64,
+    /// Real-time predictions not written because the same one was written
+    /// moments before (`rewrite_unchanged_after`).
+    pub writes_unchanged: u64,
     /// Health over the window.
     pub health: Health,
     /// Why.
@@ -89,6 +93,7 @@ impl Stats {
             infer_requests: Counter::default(),
             writes_failed: Counter::default(),
             writes_dropped: Counter::default(),
+            writes_unchanged: Counter::default(),
             window: (0..window_secs.max(1) as usize * SHARDS)
                 .map(|_| Bucket::default())
                 .collect(),
@@ -144,6 +149,12 @@ impl Stats {
         self.writes_dropped.add(1);
     }
 
+    /// Counts a store write left out because the same record was just
+    /// written.
+    pub fn write_unchanged(&self) {
+        self.writes_unchanged.add(1);
+    }
+
     fn recent_at(&self, now: u64) -> [u64; SOURCES] {
         let span = self.secs as u64;
         let mut out = [0; SOURCES];
@@ -188,6 +199,7 @@ impl Stats {
             infer_requests: self.infer_requests.get(),
             writes_failed: self.writes_failed.get(),
             writes_dropped: self.writes_dropped.get(),
+            writes_unchanged: self.writes_unchanged.get(),
             health,
             health_reason,
             window_secs: self.secs as u64,

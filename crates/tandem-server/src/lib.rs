@@ -247,7 +247,7 @@ async fn stats(State(state): State<AppState>) -> Response {
             "store": {"hits": t.store_hits, "stale": t.store_stale, "misses": t.store_misses, "errors": t.store_errors},
         },
         "queue": {"depth": e.batcher().queued(), "capacity": e.batcher().capacity()},
-        "writes": {"pending": e.pending_writes(), "failed": s.writes_failed, "dropped": s.writes_dropped},
+        "writes": {"pending": e.pending_writes(), "failed": s.writes_failed, "dropped": s.writes_dropped, "unchanged": s.writes_unchanged},
         "models": models,
         "model_events": e.models().events(),
         "store": e.store_description(),

@@ -210,6 +210,38 @@ impl MemoryTier {
         self.inner.cache.insert(Box::from(entity), cached);
     }
 
+    /// Whether the tier holds, unexpired, a record for `entity` equal to
+    /// `record` in everything but its time (value, model, version, source,
+    /// run, input digest), made less than `within` before it.
+    pub fn holds_recent(&self, entity: &str, record: &PredictionRecord, within: Duration) -> bool {
+        let Some(cached) = self.inner.cache.get(entity) else {
+            return false;
+        };
+        let age = record.timestamp - cached.timestamp;
+        let digest_same = match (&cached.digest, record.digest.as_deref()) {
+            (Digest::None, None) => true,
+            (Digest::Hex16(a), Some(b)) => hex16(b) == Some(*a),
+            (Digest::Other(a), Some(b)) => **a == *b,
+            _ => false,
+        };
+        let values_same = match (&cached.values, &record.values) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            _ => false,
+        };
+        cached.expires_ms > self.now_ms()
+            && (0.0..within.as_secs_f64()).contains(&age)
+            && cached.prediction.to_bits() == record.prediction.to_bits()
+            && cached.version == record.version
+            && cached.source == record.source
+            && *cached.model == *record.model
+            && cached.run_id.as_deref() == record.run_id.as_deref()
+            && digest_same
+            && values_same
+    }
+
     /// Drops an entity's record.
     pub fn invalidate(&self, entity: &str) {
         self.inner.cache.remove(entity);

@@ -201,3 +201,55 @@ fn memory_entries_expire_with_their_ttl() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(capped.get("x").is_none());
 }
+
+/// One way a record can differ from another.
+type Change = fn(&mut tandem_core::PredictionRecord);
+
+#[test]
+fn memory_tells_whether_it_holds_the_same_record_made_recently() {
+    let memory = MemoryTier::new(MemoryTierConfig {
+        max_bytes: 1 << 20,
+        max_ttl: HOUR,
+    });
+    let second = Duration::from_secs(1);
+    // Record 3 has a vector of values, record 1 a single value; both a
+    // hex digest, and record 5 one that is not 16 hex digits.
+    for i in [1, 3, 5] {
+        let mut held = suite::record(i);
+        if i == 5 {
+            held.digest = Some("not-hex".into());
+        }
+        memory.insert(&format!("e{i}"), held.clone(), HOUR);
+        let mut same = held.clone();
+        same.timestamp += 0.5;
+        assert!(memory.holds_recent(&format!("e{i}"), &same, second), "{i}");
+        assert!(!memory.holds_recent("nobody", &same, second));
+
+        let changes: [(&str, Change); 10] = [
+            ("a second later", |r| r.timestamp += 1.0),
+            ("earlier", |r| r.timestamp -= 0.5),
+            ("value", |r| r.prediction += 1e-12),
+            ("model", |r| r.model = "other".into()),
+            ("version", |r| r.version += 1),
+            ("source", |r| {
+                r.source = tandem_core::PredictionSource::Batch
+            }),
+            ("run", |r| r.run_id = None),
+            ("digest", |r| r.digest = Some("00000000000000ff".into())),
+            ("no digest", |r| r.digest = None),
+            ("values", |r| r.values = Some(vec![0.5])),
+        ];
+        for (what, change) in changes {
+            let mut other = held.clone();
+            change(&mut other);
+            assert!(
+                !memory.holds_recent(&format!("e{i}"), &other, second),
+                "record {i}: a different {what} is not the same record"
+            );
+        }
+    }
+    // An expired record is not held.
+    memory.insert("brief", suite::record(7), Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!memory.holds_recent("brief", &suite::record(7), second));
+}
