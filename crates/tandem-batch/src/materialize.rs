@@ -166,7 +166,8 @@ async fn run_materialize_inner(
     // Rows are encoded straight from the columns (no map per row) and
     // written by tasks, up to IN_FLIGHT chunks at a time, while the scan
     // goes on.
-    let encoder = FeatureEncoder::new(&features);
+    // Made with the first batch, which tells which columns are FLOAT.
+    let mut encoder: Option<FeatureEncoder> = None;
     let mut pending: Vec<(String, Vec<u8>)> = Vec::with_capacity(opts.write_batch);
     let mut written = 0u64;
     let mut in_flight: VecDeque<tokio::task::JoinHandle<Result<u64, tandem_store::StoreError>>> =
@@ -179,6 +180,13 @@ async fn run_materialize_inner(
             let cols: Vec<FeatureColumn> = (0..features.len())
                 .map(|f| FeatureColumn::of(batch.column(1 + f)))
                 .collect::<Result<_, _>>()?;
+            let encoder = encoder.get_or_insert_with(|| {
+                let single: Vec<bool> = cols
+                    .iter()
+                    .map(|c| matches!(c, FeatureColumn::F32(_)))
+                    .collect();
+                FeatureEncoder::with_single(&features, &single)
+            });
             for r in 0..batch.num_rows() {
                 let id = ids.is_valid(r).then(|| ids.value(r));
                 let Some(id) = rules.check_id(id)? else {

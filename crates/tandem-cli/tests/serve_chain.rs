@@ -674,3 +674,84 @@ fn a_prediction_recomputed_unchanged_is_not_rewritten_until_the_interval_passes(
     assert_eq!(server.get_ok("/v1/stats")["writes"]["unchanged"], 0);
     assert!(server.terminate().success());
 }
+
+/// Writes e0..e(n-1) with the features of [`features`] as Parquet FLOAT
+/// (f32) or DOUBLE columns.
+fn write_parquet(path: &std::path::Path, n: usize, float32: bool) {
+    use datafusion::arrow::array::{
+        ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let kind = if float32 {
+        DataType::Float32
+    } else {
+        DataType::Float64
+    };
+    let mut fields = vec![Field::new("entity_id", DataType::Utf8, false)];
+    fields.extend((0..WIDTH).map(|f| Field::new(format!("f{f}"), kind.clone(), false)));
+    let schema = Arc::new(Schema::new(fields));
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| format!("e{i}")),
+    ))];
+    for f in 0..WIDTH {
+        let v = |i: usize| features(i)[f];
+        cols.push(if float32 {
+            Arc::new(Float32Array::from_iter_values((0..n).map(v)))
+        } else {
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| f64::from(v(i))),
+            ))
+        });
+    }
+    let file = std::fs::File::create(path).unwrap();
+    let mut w =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+    w.write(&RecordBatch::try_new(schema, cols).unwrap())
+        .unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn float_columns_are_stored_short_and_computed_on_as_the_same_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let model = Model::load(repo.join("churn/1/model.onnx")).unwrap();
+    let redis = RedisServer::start();
+    // The same f32 values as FLOAT columns and, widened, as DOUBLE ones,
+    // each under its own namespace.
+    let mut urls = Vec::new();
+    for (name, float32) in [("float", true), ("double", false)] {
+        let file = dir.path().join(format!("{name}.parquet"));
+        write_parquet(&file, 20, float32);
+        let url = format!("{}?namespace={name}:", redis.url());
+        tandem_ok(&["materialize", "--input", s(&file), "--store", &url]);
+        urls.push(url);
+    }
+    let short = bulk(&redis.command(&["GET", "float:features:e7"])).unwrap();
+    let long = bulk(&redis.command(&["GET", "double:features:e7"])).unwrap();
+    let f = features(7);
+    // Rust prints an f32 as its shortest decimal too.
+    assert!(short.contains(&format!("\"f1\":{}", f[1])), "{short}");
+    assert!(
+        long.contains(&format!("\"f1\":{}", f64::from(f[1]))),
+        "{long}"
+    );
+    assert!(short.len() < long.len(), "{short} / {long}");
+    let short: std::collections::BTreeMap<String, f64> = serde_json::from_str(&short).unwrap();
+    let long: std::collections::BTreeMap<String, f64> = serde_json::from_str(&long).unwrap();
+    for (k, v) in &short {
+        assert_eq!(*v as f32, long[k] as f32, "{k}");
+    }
+
+    // Real time from either store: the model's prediction on the f32 row.
+    let want = predict(&model, &[features(7)])[0];
+    for url in &urls {
+        let server = Serve::start(&["--model", s(&repo), "--store", url], &[]);
+        let a = server.get_ok("/v1/predict/e7?mode=realtime_only");
+        assert_eq!(source(&a), "realtime", "{a}");
+        assert_eq!(a["prediction"].as_f64().unwrap(), want, "{url}");
+        assert!(a["warnings"].as_array().unwrap().is_empty(), "{a}");
+        assert!(server.terminate().success());
+    }
+}
