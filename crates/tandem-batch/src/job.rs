@@ -447,11 +447,22 @@ async fn run_batch_inner(
 
 /// Opens the store and checks it answers, so that a down store fails the
 /// run before anything is written.
+/// Bound on one store call of a batch job whose store URL sets no
+/// `timeout_ms`: a job writes in large pipelined chunks, often on a machine
+/// it shares with the store, and one slow moment should not fail a run of
+/// millions of rows. (Serving keeps the store's 1 s default, where a
+/// request must fall back quickly.)
+pub const BATCH_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(crate) async fn open_store(url: Option<&str>) -> Result<Option<Arc<dyn Store>>, BatchError> {
     let Some(url) = url else {
         return Ok(None);
     };
-    let store = tandem_store::open(url)?;
+    let defaults = tandem_store::StoreOptions {
+        timeout: BATCH_STORE_TIMEOUT,
+        ..Default::default()
+    };
+    let store = tandem_store::open_parsed(tandem_store::StoreUrl::parse_over(url, defaults)?)?;
     store.ping().await?;
     Ok(Some(store))
 }

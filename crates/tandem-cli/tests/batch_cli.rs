@@ -595,6 +595,48 @@ async fn materialize_loads_features_the_real_time_path_can_read() {
 }
 
 #[test]
+fn a_run_waits_out_a_store_that_stalls_for_longer_than_a_second() {
+    // Batch jobs bound a store call by 10 s unless the URL says otherwise
+    // (serving keeps 1 s): a Redis that stalls for 2 s mid-run (DEBUG
+    // SLEEP) delays the run and loses nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.parquet");
+    let n = 300_000;
+    write_parquet(&input, 0..n, &[]);
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "batch",
+            "--model",
+            model_path().to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            &redis.url(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let keys: u64 = redis.command(&["DBSIZE"])[1..].trim().parse().unwrap();
+        if keys >= 10_000 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stalled = Instant::now();
+    assert!(redis.command(&["DEBUG", "SLEEP", "2"]).starts_with("+OK"));
+    assert!(stalled.elapsed() >= Duration::from_secs(2));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let keys: u64 = redis.command(&["DBSIZE"])[1..].trim().parse().unwrap();
+    assert_eq!(keys, n as u64);
+}
+
+#[test]
 fn losing_redis_mid_run_fails_the_run_with_a_store_error() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("big.parquet");

@@ -89,6 +89,12 @@ pub struct StoreUrl {
 impl StoreUrl {
     /// Parses a store URL (see the module documentation).
     pub fn parse(input: &str) -> Result<StoreUrl, StoreError> {
+        StoreUrl::parse_over(input, StoreOptions::default())
+    }
+
+    /// Parses a store URL whose query options apply over `defaults`
+    /// instead of [`StoreOptions::default`].
+    pub fn parse_over(input: &str, defaults: StoreOptions) -> Result<StoreUrl, StoreError> {
         let invalid = |detail: String| StoreError::InvalidUrl {
             url: redact(input),
             detail,
@@ -97,7 +103,7 @@ impl StoreUrl {
             Some((b, q)) => (b, Some(q)),
             None => (input, None),
         };
-        let mut options = StoreOptions::default();
+        let mut options = defaults;
         let mut insecure = false;
         if let Some(query) = query {
             for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -299,6 +305,23 @@ mod tests {
             let err = StoreUrl::parse(&format!("x.redb?cache_mb={bad}")).unwrap_err();
             assert!(err.to_string().contains("cache_mb"), "{err}");
         }
+    }
+
+    #[test]
+    fn options_in_the_url_apply_over_the_callers_defaults() {
+        let defaults = StoreOptions {
+            timeout: Duration::from_secs(10),
+            ..StoreOptions::default()
+        };
+        let plain = StoreUrl::parse_over("redis://h:1?namespace=n:", defaults.clone()).unwrap();
+        assert_eq!(plain.options.timeout, Duration::from_secs(10));
+        assert_eq!(plain.options.layout.namespace, "n:");
+        let set = StoreUrl::parse_over("redis://h:1?timeout_ms=250", defaults).unwrap();
+        assert_eq!(set.options.timeout, Duration::from_millis(250));
+        assert_eq!(
+            StoreUrl::parse("redis://h:1").unwrap().options.timeout,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
