@@ -594,6 +594,72 @@ async fn materialize_loads_features_the_real_time_path_can_read() {
     assert!(!e7.names().iter().any(|n| &**n == "country"));
 }
 
+/// `calls` of one command in Redis's `INFO commandstats`, 0 when absent.
+fn calls(stats: &str, command: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_without_a_ttl_are_written_a_thousand_keys_per_command() {
+    // Without a TTL, rows go to Redis as `MSET`s of up to 1000 keys (one
+    // command and one reply per thousand rows); with one, as `SET ... PX`.
+    // Either way every row reads back whole.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("f.parquet");
+    let n = 2500;
+    write_parquet(&input, 0..n, &[]);
+    let redis = RedisServer::start();
+    for (namespace, ttl) in [("plain:", None), ("ttl:", Some("1h"))] {
+        redis.command(&["CONFIG", "RESETSTAT"]);
+        let store = format!("{}?namespace={namespace}", redis.url());
+        let mut args = vec![
+            "materialize",
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            &store,
+            "--json",
+        ];
+        if let Some(t) = ttl {
+            args.extend(["--ttl", t]);
+        }
+        let out = tandem(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(summary(&out)["rows_written"], n);
+        let stats = redis.command(&["INFO", "commandstats"]);
+        match ttl {
+            None => {
+                assert_eq!(calls(&stats, "mset"), 3, "{stats}");
+                assert_eq!(calls(&stats, "set"), 0, "{stats}");
+            }
+            Some(_) => {
+                assert_eq!(calls(&stats, "mset"), 0, "{stats}");
+                assert_eq!(calls(&stats, "set"), n as u64, "{stats}");
+            }
+        }
+        let st = tandem_store::open(&store).unwrap();
+        let ids: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+        let rows = st.get_features(&ids).await.unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let row = row.as_ref().unwrap_or_else(|e| panic!("e{i}: {e}"));
+            assert_eq!(row.len(), WIDTH);
+            for f in 0..WIDTH {
+                assert_eq!(row.get(&format!("f{f}")), Some(value(i, f)), "e{i} f{f}");
+            }
+        }
+        let key = format!("{namespace}features:e7");
+        let pttl: i64 = redis.command(&["PTTL", &key])[1..].trim().parse().unwrap();
+        match ttl {
+            None => assert_eq!(pttl, -1, "{key} has no TTL"),
+            Some(_) => assert!(pttl > 3_500_000 && pttl <= 3_600_000, "{key}: {pttl}"),
+        }
+    }
+}
 #[test]
 fn a_run_waits_out_a_store_that_stalls_for_longer_than_a_second() {
     // Batch jobs bound a store call by 10 s unless the URL says otherwise

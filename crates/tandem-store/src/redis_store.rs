@@ -2,8 +2,9 @@
 //!
 //! Standalone Redis goes through a [`ConnectionManager`], which reconnects
 //! by itself after the server comes back. Bulk reads are `MGET`s of up to
-//! [`CHUNK`] keys and bulk writes pipelines of `SET key value PX ttl`, several
-//! in flight at once on the one multiplexed connection. On a cluster, reads
+//! [`CHUNK`] keys and bulk writes `MSET`s of up to [`CHUNK`] keys (values
+//! without a TTL) or pipelines of `SET key value PX ttl`, several in flight
+//! at once on the one multiplexed connection. On a cluster, reads
 //! are `MGET`s that the client splits per slot, and writes are grouped by
 //! hash slot into one pipeline per slot (a cluster pipeline must stay in one
 //! slot), many in flight at once. Every round trip is bounded by the
@@ -244,24 +245,14 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Writes `(key, value, ttl)` triples, `SET key value [PX ms]`.
+    /// Writes `(key, value, ttl)` triples: a chunk without TTLs is one
+    /// `MSET` (one command, one reply, atomic, for Redis as for us), a chunk
+    /// with TTLs a pipeline of `SET key value PX ms`.
     async fn set_many(&self, items: Vec<Write>) -> Result<(), StoreError> {
-        let pipeline = |items: &[Write]| {
-            let mut pipe = redis::pipe();
-            for (key, value, ttl) in items {
-                let cmd = pipe.cmd("SET").arg(key).arg(value.as_slice());
-                if let Some(ttl) = ttl {
-                    cmd.arg("PX")
-                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-                }
-                cmd.ignore();
-            }
-            pipe
-        };
         match &self.conn {
             Conn::Single(_) => {
-                let pipes: Vec<redis::Pipeline> = items.chunks(CHUNK).map(pipeline).collect();
-                self.send_all(pipes, IN_FLIGHT).await
+                let writes: Vec<Bulk> = items.chunks(CHUNK).map(bulk_write).collect();
+                self.send_all(writes, IN_FLIGHT).await
             }
             Conn::Cluster(_) => {
                 let mut by_slot: HashMap<u16, Vec<Write>> = HashMap::new();
@@ -271,11 +262,11 @@ impl RedisStore {
                         .or_default()
                         .push(item);
                 }
-                let pipes: Vec<redis::Pipeline> = by_slot
+                let writes: Vec<Bulk> = by_slot
                     .values()
-                    .flat_map(|group| group.chunks(CHUNK).map(pipeline))
+                    .flat_map(|group| group.chunks(CHUNK).map(bulk_write))
                     .collect();
-                self.send_all(pipes, CLUSTER_IN_FLIGHT).await
+                self.send_all(writes, CLUSTER_IN_FLIGHT).await
             }
         }
     }
@@ -297,18 +288,67 @@ impl RedisStore {
             .await
     }
 
-    /// Sends pipelines whose replies are ignored, `in_flight` at a time.
+    /// Sends commands or pipelines whose replies are only checked for
+    /// errors, `in_flight` at a time.
     async fn send_all(
         &self,
-        pipes: Vec<redis::Pipeline>,
+        writes: Vec<impl AsyncQuery>,
         in_flight: usize,
     ) -> Result<(), StoreError> {
-        stream::iter(pipes)
-            .map(|pipe| self.query::<()>(pipe))
+        stream::iter(writes)
+            .map(|w| self.query::<()>(w))
             .buffer_unordered(in_flight)
             .try_collect::<()>()
             .await
     }
+}
+
+/// One round trip of a bulk write.
+enum Bulk {
+    One(redis::Cmd),
+    Many(redis::Pipeline),
+}
+
+impl AsyncQuery for Bulk {
+    async fn query<T: redis::FromRedisValue, C: redis::aio::ConnectionLike + Send>(
+        self,
+        con: &mut C,
+    ) -> Result<T, RedisError> {
+        match self {
+            Bulk::One(cmd) => cmd.query_async(con).await,
+            Bulk::Many(pipe) => pipe.query_async(con).await,
+        }
+    }
+}
+
+/// The round trip that writes `items`: `MSET` when none has a TTL, else a
+/// pipeline of `SET key value PX ms`. Each command's buffer is sized up
+/// front, and replies are checked rather than ignored (ignoring one costs
+/// the client a set entry).
+fn bulk_write(items: &[Write]) -> Bulk {
+    if items.iter().all(|(_, _, ttl)| ttl.is_none()) {
+        let bytes = items
+            .iter()
+            .map(|(k, v, _)| k.len() + v.len())
+            .sum::<usize>();
+        let mut cmd = redis::Cmd::with_capacity(1 + 2 * items.len(), 4 + bytes);
+        cmd.arg("MSET");
+        for (key, value, _) in items {
+            cmd.arg(key).arg(value.as_slice());
+        }
+        return Bulk::One(cmd);
+    }
+    let mut pipe = redis::Pipeline::with_capacity(items.len());
+    for (key, value, ttl) in items {
+        let mut cmd = redis::Cmd::with_capacity(5, 3 + key.len() + value.len() + 2 + 20);
+        cmd.arg("SET").arg(key).arg(value.as_slice());
+        if let Some(ttl) = ttl {
+            cmd.arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        pipe.add_command(cmd);
+    }
+    Bulk::Many(pipe)
 }
 
 /// The private CA named by `ca_file`, if any.
@@ -509,15 +549,11 @@ impl ActivityLog for RedisStore {
         let pipes: Vec<redis::Pipeline> = counts
             .chunks(CHUNK)
             .map(|chunk| {
-                let mut pipe = redis::pipe();
+                let mut pipe = redis::Pipeline::with_capacity(chunk.len() + 1);
                 for (entity, n) in chunk {
-                    pipe.cmd("HINCRBY")
-                        .arg(&key)
-                        .arg(entity.as_str())
-                        .arg(*n)
-                        .ignore();
+                    pipe.cmd("HINCRBY").arg(&key).arg(entity.as_str()).arg(*n);
                 }
-                pipe.cmd("PEXPIRE").arg(&key).arg(retention_ms).ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(retention_ms);
                 pipe
             })
             .collect();
