@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tandem_model::Model;
 use tandem_store::Store;
-use tandem_store::layout::FeatureEncoder;
+use tandem_store::layout::{EncodedRows, FeatureEncoder};
 
 use crate::error::BatchError;
 use crate::job::{Progress, count_rows, open_store, strings};
@@ -163,16 +163,22 @@ async fn run_materialize_inner(
     progress.start(total);
     let mut stream = ctx.sql(&query).await?.execute_stream().await?;
     let mut rules = RowRules::new(opts.strict);
-    // Rows are encoded straight from the columns (no map per row) and
-    // written by tasks, up to IN_FLIGHT chunks at a time, while the scan
-    // goes on.
+    if let Some(n) = total {
+        rules.reserve(usize::try_from(n).unwrap_or(0));
+    }
+    // Rows are encoded straight from the columns (no map per row), back to
+    // back into one buffer per chunk, and written by tasks, up to IN_FLIGHT
+    // chunks at a time, while the scan goes on.
     // Made with the first batch, which tells which columns are FLOAT.
     let mut encoder: Option<FeatureEncoder> = None;
-    let mut pending: Vec<(String, Vec<u8>)> = Vec::with_capacity(opts.write_batch);
+    let mut pending = EncodedRows::with_capacity(opts.write_batch, 0);
     let mut written = 0u64;
     let mut in_flight: VecDeque<tokio::task::JoinHandle<Result<u64, tandem_store::StoreError>>> =
         VecDeque::new();
     let mut values: Vec<f64> = vec![0.0; features.len()];
+    // Rows of the batch that passed the id checks: (row in the batch, row
+    // in the run).
+    let mut kept: Vec<(usize, u64)> = Vec::new();
     let result: Result<(), BatchError> = async {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -187,11 +193,25 @@ async fn run_materialize_inner(
                     .collect();
                 FeatureEncoder::with_single(&features, &single)
             });
+            // The ids first, in a loop of their own: the duplicate check
+            // reads a table of up to millions of hashes at random, and
+            // there those reads overlap, where one per row between encodes
+            // would each wait for memory. A failed check (--strict) is
+            // reported after the rows before it, as in one pass.
+            kept.clear();
+            let mut refused = None;
             for r in 0..batch.num_rows() {
-                let id = ids.is_valid(r).then(|| ids.value(r));
-                let Some(id) = rules.check_id(id)? else {
-                    continue;
-                };
+                match rules.check_id(ids.is_valid(r).then(|| ids.value(r))) {
+                    Ok(Some(_)) => kept.push((r, rules.rows() - 1)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+            for &(r, row) in &kept {
+                let id = ids.value(r);
                 let (mut missing, mut nan) = (false, false);
                 for (v, col) in values.iter_mut().zip(&cols) {
                     *v = match col.get_f64(r) {
@@ -207,20 +227,27 @@ async fn run_materialize_inner(
                     };
                 }
                 if missing {
-                    rules.filled(id, Reason::MissingFeature)?;
+                    rules.filled_at(row, id, Reason::MissingFeature)?;
                 }
                 if nan {
-                    rules.filled(id, Reason::NanFeature)?;
+                    rules.filled_at(row, id, Reason::NanFeature)?;
                 }
-                pending.push((id.to_owned(), encoder.encode(&values)));
+                pending.push(id, encoder, &values);
                 if pending.len() >= opts.write_batch {
                     if in_flight.len() >= IN_FLIGHT
                         && let Some(h) = in_flight.pop_front()
                     {
                         written += join(h).await?;
                     }
-                    let chunk =
-                        std::mem::replace(&mut pending, Vec::with_capacity(opts.write_batch));
+                    // The next chunk takes about the room this one took.
+                    let room = pending.bytes_len();
+                    let chunk = std::mem::replace(
+                        &mut pending,
+                        EncodedRows::with_capacity(
+                            opts.write_batch,
+                            room / opts.write_batch.max(1),
+                        ),
+                    );
                     let store = store.clone();
                     let ttl = opts.ttl;
                     in_flight.push_back(tokio::spawn(async move {
@@ -228,6 +255,9 @@ async fn run_materialize_inner(
                         store.put_encoded_features(chunk, ttl).await.map(|()| n)
                     }));
                 }
+            }
+            if let Some(e) = refused {
+                return Err(e);
             }
             progress.advance(batch.num_rows() as u64);
         }

@@ -229,9 +229,15 @@ impl RowRules {
 
     /// Records that a value of the current row was filled.
     pub fn filled(&mut self, id: &str, reason: Reason) -> Result<(), BatchError> {
+        self.filled_at(self.rows - 1, id, reason)
+    }
+
+    /// Records that a value of row `row` (counted from 0 in the run) was
+    /// filled, for callers that check the ids of many rows first.
+    pub fn filled_at(&mut self, row: u64, id: &str, reason: Reason) -> Result<(), BatchError> {
         if self.strict {
             return Err(BatchError::BadRow {
-                row: self.rows - 1,
+                row,
                 entity: Some(id.to_owned()),
                 reason: format!("{} (--strict)", reason.as_str()),
             });

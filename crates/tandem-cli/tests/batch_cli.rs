@@ -594,6 +594,49 @@ async fn materialize_loads_features_the_real_time_path_can_read() {
     assert!(!e7.names().iter().any(|n| &**n == "country"));
 }
 
+#[test]
+fn materialize_in_strict_mode_fails_on_the_first_bad_row_in_input_order() {
+    // The ids of a batch are checked before its values are read: a bad
+    // value must still be reported before a duplicate id further down, and
+    // a duplicate before a bad value further down.
+    let dir = tempfile::tempdir().unwrap();
+    let header = "entity_id,f0,f1,f2,f3,f4,f5,f6,f7\n";
+    let cases = [
+        (
+            "a,1,2,3,4,5,6,7,8\nb,1,2,NaN,4,5,6,7,8\na,9,9,9,9,9,9,9,9\n",
+            ["row 1", "\"b\"", "nan_feature"],
+        ),
+        (
+            "a,1,2,3,4,5,6,7,8\na,9,9,9,9,9,9,9,9\nb,1,2,NaN,4,5,6,7,8\n",
+            ["row 1", "\"a\"", "duplicate_id"],
+        ),
+    ];
+    for (i, (rows, want)) in cases.iter().enumerate() {
+        let csv = dir.path().join(format!("rows{i}.csv"));
+        std::fs::write(&csv, format!("{header}{rows}")).unwrap();
+        let store = dir.path().join(format!("s{i}.redb"));
+        let base = [
+            "materialize",
+            "--input",
+            csv.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ];
+        let out = tandem(&[&base[..], &["--json"]].concat());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let s = summary(&out);
+        assert_eq!(s["rows_read"], 3);
+        assert_eq!(s["rows_written"], 2);
+        assert_eq!(s["skipped"], serde_json::json!({"duplicate_id": 1}));
+        assert_eq!(s["filled"], serde_json::json!({"nan_feature": 1}));
+
+        let out = tandem(&[&base[..], &["--strict"]].concat());
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(want.iter().all(|w| err.contains(w)), "case {i}: {err}");
+    }
+}
+
 /// `calls` of one command in Redis's `INFO commandstats`, 0 when absent.
 fn calls(stats: &str, command: &str) -> u64 {
     stats

@@ -70,12 +70,14 @@ pub trait FeatureStore: Send + Sync {
     /// calls [`FeatureStore::put_features`].
     async fn put_encoded_features(
         &self,
-        rows: Vec<(String, Vec<u8>)>,
+        rows: crate::layout::EncodedRows,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
         let decoded = rows
-            .into_iter()
-            .map(|(e, bytes)| crate::layout::decode_features(&e, &bytes).map(|row| (e, row)))
+            .iter()
+            .map(|(e, bytes)| {
+                crate::layout::decode_features(e, bytes).map(|row| (e.to_owned(), row))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.put_features(&decoded, ttl).await
     }

@@ -22,7 +22,9 @@ use crate::api::{
 };
 use crate::config::StoreOptions;
 use crate::error::{Lookup, StoreError};
-use crate::layout::{decode_features, decode_prediction, encode_features, encode_prediction};
+use crate::layout::{
+    EncodedRows, decode_features, decode_prediction, encode_features, encode_prediction,
+};
 
 const PREDICTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("predictions");
 const FEATURES: TableDefinition<&str, &[u8]> = TableDefinition::new("features");
@@ -315,13 +317,13 @@ impl FeatureStore for EmbeddedStore {
 
     async fn put_encoded_features(
         &self,
-        rows: Vec<(String, Vec<u8>)>,
+        rows: EncodedRows,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
         let layout = &self.inner.options.layout;
         let items = rows
-            .into_iter()
-            .map(|(e, bytes)| (layout.feature_key(&e), bytes, ttl))
+            .iter()
+            .map(|(e, bytes)| (layout.feature_key(e), bytes.to_vec(), ttl))
             .collect();
         let this = self.clone();
         blocking(move || this.put_blocking(FEATURES, items)).await

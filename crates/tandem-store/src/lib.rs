@@ -19,7 +19,7 @@ pub use api::{ActiveEntity, ActivityLog, FeatureStore, PredictionEntry, Predicti
 pub use config::{Backend, StoreOptions, StoreUrl};
 pub use embedded::EmbeddedStore;
 pub use error::{Lookup, StoreError};
-pub use layout::KeyLayout;
+pub use layout::{EncodedRows, KeyLayout};
 pub use memory::{MemoryTier, MemoryTierConfig, Tier, TierCounters, TierLookup, TieredPredictions};
 pub use redis_store::RedisStore;
 

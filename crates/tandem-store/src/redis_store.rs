@@ -30,7 +30,7 @@ use crate::api::{
 use crate::config::{StoreOptions, redact};
 use crate::error::{Lookup, StoreError};
 use crate::layout::{
-    decode_features, decode_prediction, encode_features, encode_prediction, hash_slot,
+    EncodedRows, decode_features, decode_prediction, encode_features, encode_prediction, hash_slot,
 };
 
 /// Keys per `MGET` and commands per pipeline.
@@ -249,24 +249,45 @@ impl RedisStore {
     /// `MSET` (one command, one reply, atomic, for Redis as for us), a chunk
     /// with TTLs a pipeline of `SET key value PX ms`.
     async fn set_many(&self, items: Vec<Write>) -> Result<(), StoreError> {
-        match &self.conn {
-            Conn::Single(_) => {
-                let writes: Vec<Bulk> = items.chunks(CHUNK).map(bulk_write).collect();
-                self.send_all(writes, IN_FLIGHT).await
-            }
-            Conn::Cluster(_) => {
-                let mut by_slot: HashMap<u16, Vec<Write>> = HashMap::new();
-                for item in items {
-                    by_slot
-                        .entry(hash_slot(item.0.as_bytes()))
-                        .or_default()
-                        .push(item);
+        let writes = self.per_slot(
+            items.len(),
+            |i| hash_slot(items[i].0.as_bytes()),
+            |chunk| {
+                let chunk = chunk.iter().map(|&i| &items[i]);
+                let plain = chunk.clone().all(|(_, _, ttl)| ttl.is_none());
+                let bytes = chunk.clone().map(|(k, v, _)| k.len() + v.len()).sum();
+                let mut bulk = BulkWrite::new(chunk.len(), bytes, plain);
+                for (key, value, ttl) in chunk {
+                    bulk.push(key.as_bytes(), value, *ttl);
                 }
-                let writes: Vec<Bulk> = by_slot
+                bulk.finish()
+            },
+        );
+        self.send_all(writes).await
+    }
+
+    /// Items `0..n` in chunks of up to [`CHUNK`], each made into one round
+    /// trip by `write`; on a cluster, the items of a chunk share a hash slot
+    /// (`slot` of each).
+    fn per_slot(
+        &self,
+        n: usize,
+        slot: impl Fn(usize) -> u16,
+        write: impl Fn(&[usize]) -> Bulk,
+    ) -> Vec<Bulk> {
+        let all: Vec<usize> = (0..n).collect();
+        match &self.conn {
+            Conn::Single(_) => all.chunks(CHUNK).map(write).collect(),
+            Conn::Cluster(_) => {
+                let mut by_slot: HashMap<u16, Vec<usize>> = HashMap::new();
+                for i in all {
+                    by_slot.entry(slot(i)).or_default().push(i);
+                }
+                by_slot
                     .values()
-                    .flat_map(|group| group.chunks(CHUNK).map(bulk_write))
-                    .collect();
-                self.send_all(writes, CLUSTER_IN_FLIGHT).await
+                    .flat_map(|group| group.chunks(CHUNK))
+                    .map(write)
+                    .collect()
             }
         }
     }
@@ -289,12 +310,13 @@ impl RedisStore {
     }
 
     /// Sends commands or pipelines whose replies are only checked for
-    /// errors, `in_flight` at a time.
-    async fn send_all(
-        &self,
-        writes: Vec<impl AsyncQuery>,
-        in_flight: usize,
-    ) -> Result<(), StoreError> {
+    /// errors, several at a time (more on a cluster, whose round trips go
+    /// to different nodes).
+    async fn send_all(&self, writes: Vec<impl AsyncQuery>) -> Result<(), StoreError> {
+        let in_flight = match &self.conn {
+            Conn::Single(_) => IN_FLIGHT,
+            Conn::Cluster(_) => CLUSTER_IN_FLIGHT,
+        };
         stream::iter(writes)
             .map(|w| self.query::<()>(w))
             .buffer_unordered(in_flight)
@@ -321,34 +343,52 @@ impl AsyncQuery for Bulk {
     }
 }
 
-/// The round trip that writes `items`: `MSET` when none has a TTL, else a
-/// pipeline of `SET key value PX ms`. Each command's buffer is sized up
-/// front, and replies are checked rather than ignored (ignoring one costs
-/// the client a set entry).
-fn bulk_write(items: &[Write]) -> Bulk {
-    if items.iter().all(|(_, _, ttl)| ttl.is_none()) {
-        let bytes = items
-            .iter()
-            .map(|(k, v, _)| k.len() + v.len())
-            .sum::<usize>();
-        let mut cmd = redis::Cmd::with_capacity(1 + 2 * items.len(), 4 + bytes);
-        cmd.arg("MSET");
-        for (key, value, _) in items {
-            cmd.arg(key).arg(value.as_slice());
+/// One bulk write being built: an `MSET` when no value has a TTL, else a
+/// pipeline of `SET key value PX ms`. Buffers are sized up front, and
+/// replies are checked rather than ignored (ignoring one costs the client a
+/// set entry).
+enum BulkWrite {
+    Plain(redis::Cmd),
+    Expiring(redis::Pipeline),
+}
+
+impl BulkWrite {
+    /// For `n` values of `bytes` bytes with their keys, `plain` when none
+    /// will carry a TTL.
+    fn new(n: usize, bytes: usize, plain: bool) -> BulkWrite {
+        if plain {
+            let mut cmd = redis::Cmd::with_capacity(1 + 2 * n, 4 + bytes);
+            cmd.arg("MSET");
+            BulkWrite::Plain(cmd)
+        } else {
+            BulkWrite::Expiring(redis::Pipeline::with_capacity(n))
         }
-        return Bulk::One(cmd);
     }
-    let mut pipe = redis::Pipeline::with_capacity(items.len());
-    for (key, value, ttl) in items {
-        let mut cmd = redis::Cmd::with_capacity(5, 3 + key.len() + value.len() + 2 + 20);
-        cmd.arg("SET").arg(key).arg(value.as_slice());
-        if let Some(ttl) = ttl {
-            cmd.arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+
+    fn push(&mut self, key: &[u8], value: &[u8], ttl: Option<Duration>) {
+        match self {
+            BulkWrite::Plain(cmd) => {
+                debug_assert!(ttl.is_none());
+                cmd.arg(key).arg(value);
+            }
+            BulkWrite::Expiring(pipe) => {
+                let mut cmd = redis::Cmd::with_capacity(5, 3 + key.len() + value.len() + 22);
+                cmd.arg("SET").arg(key).arg(value);
+                if let Some(ttl) = ttl {
+                    cmd.arg("PX")
+                        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+                }
+                pipe.add_command(cmd);
+            }
         }
-        pipe.add_command(cmd);
     }
-    Bulk::Many(pipe)
+
+    fn finish(self) -> Bulk {
+        match self {
+            BulkWrite::Plain(cmd) => Bulk::One(cmd),
+            BulkWrite::Expiring(pipe) => Bulk::Many(pipe),
+        }
+    }
 }
 
 /// The private CA named by `ca_file`, if any.
@@ -517,14 +557,32 @@ impl FeatureStore for RedisStore {
 
     async fn put_encoded_features(
         &self,
-        rows: Vec<(String, Vec<u8>)>,
+        rows: EncodedRows,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let items = rows
-            .into_iter()
-            .map(|(e, bytes)| (self.options.layout.feature_key(&e), bytes, ttl))
-            .collect();
-        self.set_many(items).await
+        let layout = &self.options.layout;
+        let key_into = |key: &mut Vec<u8>, entity: &str| {
+            key.clear();
+            key.extend_from_slice(layout.namespace.as_bytes());
+            key.extend_from_slice(layout.feature_prefix.as_bytes());
+            key.extend_from_slice(entity.as_bytes());
+        };
+        let writes = self.per_slot(
+            rows.len(),
+            |i| hash_slot(layout.feature_key(rows.get(i).0).as_bytes()),
+            |chunk| {
+                let bytes = chunk.iter().map(|&i| rows.get(i).1.len() + 64).sum();
+                let mut bulk = BulkWrite::new(chunk.len(), bytes, ttl.is_none());
+                let mut key = Vec::with_capacity(64);
+                for &i in chunk {
+                    let (entity, value) = rows.get(i);
+                    key_into(&mut key, entity);
+                    bulk.push(&key, value, ttl);
+                }
+                bulk.finish()
+            },
+        );
+        self.send_all(writes).await
     }
 }
 
@@ -557,7 +615,7 @@ impl ActivityLog for RedisStore {
                 pipe
             })
             .collect();
-        self.send_all(pipes, IN_FLIGHT).await
+        self.send_all(pipes).await
     }
 
     async fn top_active(
