@@ -26,7 +26,9 @@ pub struct ModelEvent {
     pub error: Option<String>,
 }
 
-type Schemas = HashMap<(String, u64), Option<Arc<FeatureSchema>>>;
+/// Feature schemas by model name, then version (looked up without building
+/// a key per request).
+type Schemas = HashMap<String, HashMap<u64, Option<Arc<FeatureSchema>>>>;
 
 /// The models an engine serves.
 pub struct Models {
@@ -136,7 +138,7 @@ impl Models {
                         None
                     }
                 };
-                next.insert((name.clone(), *v), schema);
+                next.entry(name.clone()).or_default().insert(*v, schema);
             }
         }
         self.schemas.store(Arc::new(next));
@@ -195,6 +197,9 @@ impl Models {
         if let Some(d) = &self.default_model {
             return Ok(d.clone());
         }
+        if let Some(only) = self.repo.only_model_name() {
+            return Ok(only);
+        }
         let names = self.repo.model_names();
         match names.as_slice() {
             [only] => Ok(only.clone()),
@@ -213,8 +218,11 @@ impl Models {
         spec: &VersionSpec,
     ) -> Result<(Arc<Model>, Option<Arc<FeatureSchema>>), EngineError> {
         let model = self.repo.get(name, spec)?;
-        let key = (model.name().to_string(), model.version());
-        if let Some(s) = self.schemas.load().get(&key) {
+        let schemas = self.schemas.load();
+        if let Some(s) = schemas
+            .get(model.name())
+            .and_then(|v| v.get(&model.version()))
+        {
             return Ok((model, s.clone()));
         }
         // Loaded after the last schema refresh (a reload in progress).

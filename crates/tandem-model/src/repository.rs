@@ -273,6 +273,16 @@ impl ModelRepository {
         self.models.load().keys().cloned().collect()
     }
 
+    /// The name of the one model served, if exactly one is.
+    pub fn only_model_name(&self) -> Option<String> {
+        let models = self.models.load();
+        if models.len() == 1 {
+            models.keys().next().cloned()
+        } else {
+            None
+        }
+    }
+
     /// One model's loaded versions and labels.
     pub fn served(&self, name: &str) -> Result<ServedModel, ModelError> {
         self.models

@@ -110,12 +110,29 @@ pub async fn get_one(
     match answers.pop() {
         Some(Ok(a)) => {
             let source = a.source.as_str();
-            let mut r = Json(a).into_response();
+            let mut r = one_answer(a);
             r.extensions_mut().insert(SourceLabel(source));
             Ok(r)
         }
         Some(Err(e)) => Err(ApiError::new(P, e)),
         None => Err(ApiError::invalid(P, "no answer")),
+    }
+}
+
+/// One answer as JSON, written into a buffer of about its size (axum's
+/// `Json` starts at 128 bytes and grows, which most answers outgrow).
+fn one_answer(a: tandem_engine::Answer) -> Response {
+    let mut body = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut body, &a) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => Json(a).into_response(),
     }
 }
 

@@ -185,6 +185,27 @@ impl MemoryTier {
         Some(cached.record())
     }
 
+    /// As [`MemoryTier::get`], without the record's input digest and run
+    /// id (`None`): what an answer carries, without formatting the digest.
+    pub fn get_for_answer(&self, entity: &str) -> Option<PredictionRecord> {
+        let cached = self.inner.cache.get(entity)?;
+        if cached.expires_ms <= self.now_ms() {
+            self.inner.cache.remove(entity);
+            return None;
+        }
+        Some(PredictionRecord {
+            prediction: cached.prediction,
+            timestamp: cached.timestamp,
+            values: cached.values.as_ref().map(|v| v.to_vec()),
+            model: cached.model.clone(),
+            version: cached.version,
+            source: cached.source,
+            run_id: None,
+            digest: None,
+            inputs: None,
+        })
+    }
+
     /// Caches a record for `ttl` (capped by the tier's `max_ttl`).
     pub fn insert(&self, entity: &str, record: PredictionRecord, ttl: Duration) {
         let ttl = ttl.min(self.inner.config.max_ttl);
@@ -358,6 +379,25 @@ impl TieredPredictions {
     /// The memory tier.
     pub fn memory(&self) -> &MemoryTier {
         &self.memory
+    }
+
+    /// A fresh record of `entity` in memory ([`MemoryTier::get_for_answer`]:
+    /// without digest and run id) that `accept` takes, counted as a memory
+    /// hit; `None` (and nothing counted) otherwise, where the caller goes on
+    /// with [`TieredPredictions::get`]. The one-entity request's first step.
+    pub fn fresh_in_memory(
+        &self,
+        entity: &str,
+        max_staleness: Duration,
+        now: SystemTime,
+        accept: impl FnOnce(&PredictionRecord) -> bool,
+    ) -> Option<PredictionRecord> {
+        let record = self.memory.get_for_answer(entity)?;
+        if record.is_stale(now, max_staleness) || !accept(&record) {
+            return None;
+        }
+        bump(&self.counters.memory_hits);
+        Some(record)
     }
 
     /// Looks `entities` up, memory first. A record older than

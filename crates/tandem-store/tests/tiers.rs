@@ -253,3 +253,31 @@ fn memory_tells_whether_it_holds_the_same_record_made_recently() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(!memory.holds_recent("brief", &suite::record(7), second));
 }
+
+#[test]
+fn a_fresh_record_in_memory_is_taken_without_the_store_and_counted_once() {
+    let (_dir, store) = embedded();
+    let tiers = TieredPredictions::new(MemoryTier::new(MemoryTierConfig::default()), store);
+    let now = SystemTime::now();
+    let held = suite::record(3);
+    tiers.memory().insert("e3", held.clone(), HOUR);
+
+    // Served: the record as an answer carries it, without digest or run.
+    let got = tiers.fresh_in_memory("e3", HOUR, now, |_| true).unwrap();
+    assert_eq!(got.prediction.to_bits(), held.prediction.to_bits());
+    assert_eq!(got.values, held.values);
+    assert_eq!((&*got.model, got.version), (&*held.model, held.version));
+    assert_eq!((got.source, got.timestamp), (held.source, held.timestamp));
+    assert_eq!((got.digest, got.run_id), (None, None));
+    // The full record is still there for those who want it.
+    assert_eq!(tiers.memory().get("e3"), Some(held));
+
+    // Not there, too old, or refused by the caller: nothing, nothing counted.
+    assert_eq!(tiers.fresh_in_memory("e9", HOUR, now, |_| true), None);
+    let later = now + Duration::from_secs(120);
+    let minute = Duration::from_secs(60);
+    assert_eq!(tiers.fresh_in_memory("e3", minute, later, |_| true), None);
+    assert_eq!(tiers.fresh_in_memory("e3", HOUR, now, |_| false), None);
+    let c = tiers.counters();
+    assert_eq!((c.memory_hits, c.memory_misses, c.memory_stale), (1, 0, 0));
+}
