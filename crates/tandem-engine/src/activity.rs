@@ -148,7 +148,7 @@ fn shard_of_thread() -> usize {
 
 impl Shared {
     /// Adds one request of each id to this thread's shard.
-    fn add(&self, ids: &[&String]) {
+    fn add<'a>(&self, ids: impl Iterator<Item = &'a String>) {
         let shard = &self.shards[shard_of_thread() % self.shards.len()];
         let mut dropped = 0;
         let mut full = false;
@@ -158,7 +158,7 @@ impl Shared {
                 if let Some(n) = s.pending.get_mut(id.as_str()) {
                     *n += 1;
                 } else if s.pending.len() < self.per_shard {
-                    s.pending.insert((*id).clone(), 1);
+                    s.pending.insert(id.clone(), 1);
                 } else {
                     dropped += 1;
                     full = true;
@@ -238,16 +238,25 @@ impl Activity {
             self.counts.dropped.add(entities.len() as u64);
             return;
         }
-        let mut kept: Vec<&String> = Vec::with_capacity(entities.len());
-        for e in entities {
-            if self.sample < 1.0 && draw() >= self.sample {
-                self.counts.sampled_out.add(1);
-            } else {
-                kept.push(e);
-            }
+        if entities.is_empty() {
+            return;
         }
+        if self.sample >= 1.0 {
+            shared.add(entities.iter());
+            return;
+        }
+        let kept: Vec<&String> = entities
+            .iter()
+            .filter(|_| {
+                let keep = draw() < self.sample;
+                if !keep {
+                    self.counts.sampled_out.add(1);
+                }
+                keep
+            })
+            .collect();
         if !kept.is_empty() {
-            shared.add(&kept);
+            shared.add(kept.into_iter());
         }
     }
 

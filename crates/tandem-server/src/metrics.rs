@@ -133,12 +133,15 @@ pub(crate) async fn observe(
 }
 
 /// Per-thread handles of the request series, so that a request pays an
-/// atomic add instead of a registry lookup.
+/// atomic add instead of a registry lookup. Keyed by static labels, never
+/// by what a client sends, so hashed with a fast hasher (no SipHash).
 #[derive(Default)]
 struct Handles {
-    durations: HashMap<(&'static str, &'static str), metrics::Histogram>,
-    requests: HashMap<(&'static str, &'static str), metrics::Counter>,
+    durations: LabelMap<metrics::Histogram>,
+    requests: LabelMap<metrics::Counter>,
 }
+
+type LabelMap<T> = HashMap<(&'static str, &'static str), T, foldhash::fast::FixedState>;
 
 thread_local! {
     static HANDLES: RefCell<Handles> = RefCell::default();

@@ -7,12 +7,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use tracing::Instrument;
 
 /// The header read and written.
 pub const HEADER: &str = "x-request-id";
+/// [`HEADER`] as a header name, made once (a `&str` name is parsed and
+/// checked at every use).
+const NAME: HeaderName = HeaderName::from_static(HEADER);
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -37,7 +40,7 @@ fn new_id() -> HeaderValue {
 /// The request's id: the caller's (printable, 1 to 128 bytes) or a new one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
-        .get(HEADER)
+        .get(&NAME)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
         .cloned()
         .unwrap_or_else(new_id)
@@ -68,7 +71,7 @@ pub async fn with_id(
             "answered"
         );
     });
-    resp.headers_mut().insert(HEADER, id);
+    resp.headers_mut().insert(NAME, id);
     resp
 }
 
