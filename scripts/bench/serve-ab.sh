@@ -4,7 +4,8 @@
 # each round running the ceiling and then every build, so that each build's
 # share of the ceiling is taken within the same minute. Besides req/s and
 # p99, each run reports the server's CPU time per request and Redis's
-# (utime + stime from /proc, divided by the requests wrk completed).
+# (utime + stime from /proc, divided by the requests wrk completed). At the
+# end, each build's share of the ceiling round by round and its median.
 #
 #   scripts/bench/serve-ab.sh ROUNDS ROW BIN [BIN ...]
 #
@@ -68,10 +69,22 @@ one() { # url script pid
     $(( (c1 - c0) * 1000000 / tick / reqs )) $(( (r1 - r0) * 1000000 / tick / reqs )) \
     "$(awk '/Non-2xx/ {print ", non-2xx " $5}' "$DATA/wrk-ab.txt")"
 }
+: >"$DATA/serve-ab-rounds.txt"
 for r in $(seq "$ROUNDS"); do
   line="round $r | ceiling $(one http://127.0.0.1:18089/ '' "${pids[$n]}")"
   for j in $(seq 0 $((n - 1))); do
     line="$line | build $j: $(one "http://127.0.0.1:$((18090 + j))" "$S" "${pids[$j]}")"
   done
-  echo "$line"
+  echo "$line" | tee -a "$DATA/serve-ab-rounds.txt"
+done
+# Each build's share of its round's ceiling, round by round, and the
+# median over the rounds (the machine's speed moves between rounds).
+for j in $(seq 0 $((n - 1))); do
+  shares=$(awk -v j="$j" -F' [|] ' '{
+    split($2, c, " "); split($(j + 3), b, " "); printf "%.1f\n", 100 * b[3] / c[2]
+  }' "$DATA/serve-ab-rounds.txt")
+  median=$(sort -n <<<"$shares" | awk '{ v[NR] = $1 } END {
+    printf "%.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+  }')
+  echo "build $j share of the ceiling: $(paste -sd/ <<<"$shares" | sed 's#/# / #g') %, median $median %"
 done
