@@ -108,7 +108,10 @@ impl Service<Request> for Front {
             let id = crate::trace::request_id(req.headers());
             let response = match hot {
                 Owned::Entity(entity) => {
-                    let query = Query::try_from_uri(req.uri());
+                    let query = match crate::native::plain_query(req.uri().query()) {
+                        Some(q) => Ok(Query(q)),
+                        None => Query::try_from_uri(req.uri()),
+                    };
                     let answer = async {
                         crate::native::get_one(State(state.clone()), Path(entity), query)
                             .await
