@@ -99,6 +99,31 @@ pub async fn feature_round_trip(h: &impl Harness) {
     assert!(got[2].as_ref().unwrap_err().is_not_found());
 }
 
+/// Rows encoded back to back (bulk loads), with and without a TTL, in
+/// more than one write's worth and over every hash slot's node.
+pub async fn encoded_features_round_trip(h: &impl Harness) {
+    let store = h.store();
+    let names: Vec<String> = ["b", "a", "c"].iter().map(|s| s.to_string()).collect();
+    let encoder = tandem_store::layout::FeatureEncoder::new(&names);
+    let value = |i: usize, f: usize| (i * 3 + f) as f64 * 0.25 - 100.0;
+    for (prefix, ttl) in [("plain", None), ("expiring", Some(HOUR))] {
+        let mut rows = tandem_store::EncodedRows::with_capacity(2500, 32);
+        for i in 0..2500 {
+            let values: Vec<f64> = (0..3).map(|f| value(i, f)).collect();
+            rows.push(&format!("{prefix}-{i}"), &encoder, &values);
+        }
+        store.put_encoded_features(rows, ttl).await.unwrap();
+        let ids: Vec<String> = (0..2500).map(|i| format!("{prefix}-{i}")).collect();
+        let got = store.get_features(&ids).await.unwrap();
+        for (i, row) in got.iter().enumerate() {
+            let row = row.as_ref().unwrap_or_else(|e| panic!("{prefix}-{i}: {e}"));
+            for (f, name) in names.iter().enumerate() {
+                assert_eq!(row.get(name), Some(value(i, f)), "{prefix}-{i} {name}");
+            }
+        }
+    }
+}
+
 pub async fn ttl_expiry(h: &impl Harness) {
     let store = h.store();
     store
@@ -324,6 +349,10 @@ macro_rules! store_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn feature_round_trip() {
             suite::feature_round_trip(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn encoded_features_round_trip() {
+            suite::encoded_features_round_trip(&$harness).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn ttl_expiry() {
