@@ -4,8 +4,9 @@
 # each round running the ceiling and then every build, so that each build's
 # share of the ceiling is taken within the same minute. Besides req/s and
 # p99, each run reports the server's CPU time per request and Redis's
-# (utime + stime from /proc, divided by the requests wrk completed). At the
-# end, each build's share of the ceiling round by round and its median.
+# (utime + stime from /proc, divided by the requests wrk completed). The
+# builds take turns in alternating order. At the end, each build's share
+# of the ceiling round by round and its median.
 #
 #   scripts/bench/serve-ab.sh ROUNDS ROW BIN [BIN ...]
 #
@@ -70,10 +71,18 @@ one() { # url script pid
     "$(awk '/Non-2xx/ {print ", non-2xx " $5}' "$DATA/wrk-ab.txt")"
 }
 : >"$DATA/serve-ab-rounds.txt"
+# Builds run in order in odd rounds and in reverse in even ones: the one
+# that runs right after the ceiling (or after another build's load on
+# Redis) does not always get the same turn.
 for r in $(seq "$ROUNDS"); do
   line="round $r | ceiling $(one http://127.0.0.1:18089/ '' "${pids[$n]}")"
+  results=()
+  if ((r % 2)); then turns=$(seq 0 $((n - 1))); else turns=$(seq $((n - 1)) -1 0); fi
+  for j in $turns; do
+    results[j]=$(one "http://127.0.0.1:$((18090 + j))" "$S" "${pids[$j]}")
+  done
   for j in $(seq 0 $((n - 1))); do
-    line="$line | build $j: $(one "http://127.0.0.1:$((18090 + j))" "$S" "${pids[$j]}")"
+    line="$line | build $j: ${results[j]}"
   done
   echo "$line" | tee -a "$DATA/serve-ab-rounds.txt"
 done
