@@ -6,8 +6,8 @@
 //! without a TTL) or pipelines of `SET key value PX ttl`, several in flight
 //! at once on the one multiplexed connection. On a cluster, reads
 //! are `MGET`s that the client splits per slot, and writes are grouped by
-//! hash slot into one pipeline per slot (a cluster pipeline must stay in one
-//! slot), many in flight at once. Every round trip is bounded by the
+//! hash slot into one pipeline or `MSET` per slot (a cluster pipeline or
+//! multi-key command must stay in one slot), many in flight at once. Every round trip is bounded by the
 //! configured timeout.
 
 use std::collections::HashMap;
