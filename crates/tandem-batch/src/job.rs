@@ -16,11 +16,11 @@ use futures::StreamExt;
 use serde::Serialize;
 use tandem_core::{PredictionRecord, PredictionSource, unix_millis, unix_seconds};
 use tandem_model::Model;
-use tandem_store::{PredictionEntry, Store};
+use tandem_store::Store;
+use tandem_store::layout::{EncodedRows, RecordEncoder};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::digest::feature_digest;
 use crate::error::BatchError;
 use crate::plan::{InputSpec, base_query, resolve_features, scoring_query, session};
 use crate::rows::{FeatureColumn, Reason, RowRules};
@@ -264,7 +264,7 @@ async fn run_batch_inner(
     let stream = df.execute_stream().await?;
     let (writer, sender) = match &store {
         Some(store) => {
-            let (tx, handle) = spawn_writer(store.clone());
+            let (tx, handle) = spawn_writer(store.clone(), opts.ttl);
             (Some(handle), Some(tx))
         }
         None => (None, None),
@@ -275,27 +275,45 @@ async fn run_batch_inner(
         rules.reserve(usize::try_from(total).unwrap_or(0));
     }
     let model_name: Arc<str> = Arc::from(model.name());
-    let run: Arc<str> = Arc::from(run_id.as_str());
     let timestamp = unix_seconds(computed_at);
-    let width = features.len();
-    let mut pending: Vec<PredictionEntry> = Vec::with_capacity(opts.write_batch);
+    let encoder = RecordEncoder::new(&PredictionRecord {
+        prediction: 0.0,
+        timestamp,
+        values: None,
+        model: model_name.clone(),
+        version: model.version(),
+        source: PredictionSource::Batch,
+        run_id: Some(Arc::from(run_id.as_str())),
+        digest: None,
+        inputs: None,
+    })
+    .map(Arc::new)
+    .ok_or_else(|| BatchError::Invalid("cannot encode this run's records".into()))?;
+    let mut pending = EncodedRows::with_capacity(opts.write_batch, 0);
     let mut scored = 0u64;
     let mut already = 0u64;
     let mut outcome: Result<(), BatchError> = Ok(());
-    // Records are prepared (digests, packed inputs, index hashes) on the
+    // Records are prepared (encoded for the store, index hashes) on the
     // blocking pool, a batch per core at a time and in stream order; only
     // the row rules (the duplicate check) and the hand-off stay on this
     // loop.
-    let fill = opts.fill;
-    let records = store.is_some();
+    let how = Prepare {
+        width: features.len(),
+        fill: opts.fill,
+        records: store.is_some().then_some(encoder),
+        index: index.is_some(),
+    };
     let mut prepared = stream
-        .map(|batch| async move {
-            let batch = batch?;
-            let rows = batch.num_rows();
-            tokio::task::spawn_blocking(move || prepare_batch(&batch, width, fill, records))
-                .await
-                .map_err(|e| BatchError::Invalid(format!("preparing records failed: {e}")))?
-                .map(|p| (rows, p))
+        .map(|batch| {
+            let how = how.clone();
+            async move {
+                let batch = batch?;
+                let rows = batch.num_rows();
+                tokio::task::spawn_blocking(move || prepare_batch(&batch, &how))
+                    .await
+                    .map_err(|e| BatchError::Invalid(format!("preparing records failed: {e}")))?
+                    .map(|p| (rows, p))
+            }
         })
         .buffered(std::thread::available_parallelism().map_or(2, usize::from));
     'batches: while let Some(next) = prepared.next().await {
@@ -306,7 +324,7 @@ async fn run_batch_inner(
                 break;
             }
         };
-        let kept = match apply_rules(batch, &mut rules) {
+        let kept = match apply_rules(&batch, &mut rules) {
             Ok(k) => k,
             Err(e) => {
                 outcome = Err(e);
@@ -314,7 +332,7 @@ async fn run_batch_inner(
             }
         };
         let kept = if opts.resume {
-            match drop_already_written(store.as_deref(), kept, &run).await {
+            match drop_already_written(store.as_deref(), &batch, kept, &run_id).await {
                 Ok((k, n)) => {
                     already += n;
                     k
@@ -330,28 +348,21 @@ async fn run_batch_inner(
         scored += kept.len() as u64;
         if let Some(Err(e)) = output
             .as_mut()
-            .map(|out| out.write(&kept, &model_name, model.version(), computed_at))
+            .map(|out| out.write(&batch, &kept, &model_name, model.version(), computed_at))
         {
             outcome = Err(e);
             break;
         }
         if let Some(ix) = &mut index {
-            let mut halves = Vec::new();
             for row in &kept {
-                // The inputs the record keeps, as they are (a record
-                // without them leaves them unknown in the index).
-                halves.clear();
-                if let Some(packed) = &row.inputs {
-                    tandem_core::record::unpack_inputs_into(packed, &mut halves);
-                }
                 if let Err(e) = ix.push(
-                    crate::digest::id_hash(&row.id),
+                    crate::digest::id_hash(batch.id(row.row)),
                     crate::index::IndexEntry {
-                        digest: row.index_hash,
+                        digest: batch.index_hash(row.row),
                         computed_at: crate::index::secs(timestamp),
                         expires_at: expires,
                     },
-                    &halves,
+                    batch.halves(row.row).unwrap_or_default(),
                 ) {
                     outcome = Err(e);
                     break 'batches;
@@ -359,25 +370,16 @@ async fn run_batch_inner(
             }
         }
         if let Some(tx) = &sender {
-            for row in kept {
-                pending.push(PredictionEntry {
-                    entity: row.id,
-                    record: PredictionRecord {
-                        prediction: row.prediction,
-                        timestamp,
-                        values: None,
-                        model: model_name.clone(),
-                        version: model.version(),
-                        source: PredictionSource::Batch,
-                        run_id: Some(run.clone()),
-                        digest: row.digest.map(Into::into),
-                        inputs: row.inputs.map(Into::into),
-                    },
-                    ttl: opts.ttl,
-                });
+            for row in &kept {
+                let Some(record) = batch.record(row.row) else {
+                    break;
+                };
+                pending.push_encoded(batch.id(row.row), record);
                 if pending.len() >= opts.write_batch {
-                    let chunk =
-                        std::mem::replace(&mut pending, Vec::with_capacity(opts.write_batch));
+                    let chunk = std::mem::replace(
+                        &mut pending,
+                        EncodedRows::with_capacity(opts.write_batch, record.len() + 8),
+                    );
                     if tx.send(chunk).await.is_err() {
                         // The writer stopped on an error; it is reported below.
                         break 'batches;
@@ -476,18 +478,25 @@ pub(crate) async fn count_rows(ctx: &datafusion::prelude::SessionContext) -> Opt
     col.as_any().downcast_ref::<UInt64Array>()?.iter().next()?
 }
 
-/// One scored row to write.
-#[derive(Debug)]
+/// One row to write: its place in its [`PreparedBatch`] and its
+/// prediction.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ScoredRow {
-    pub id: String,
+    pub row: usize,
     pub prediction: f64,
-    /// [`feature_digest`] of the inputs (`None`: no store to write to).
-    pub digest: Option<String>,
-    /// The inputs, packed ([`tandem_core::record::pack_inputs`]; `None`:
-    /// no store to write to).
-    pub inputs: Option<String>,
-    /// [`crate::index::row_hash`] of the inputs.
-    pub index_hash: u64,
+}
+
+/// What [`prepare_batch`] makes besides the predictions.
+#[derive(Clone)]
+pub(crate) struct Prepare {
+    /// Features per row.
+    pub width: usize,
+    /// Value given to null and NaN features.
+    pub fill: f32,
+    /// Encodes the store records (`None`: no store to write to).
+    pub records: Option<Arc<RecordEncoder>>,
+    /// Index hashes and half-float inputs for the digest index.
+    pub index: bool,
 }
 
 /// One scored batch (`entity_id`, `f0..`, `prediction`) with what each of
@@ -497,13 +506,18 @@ pub(crate) struct ScoredRow {
 pub(crate) struct PreparedBatch {
     ids: StringArray,
     rows: Vec<PreparedRow>,
+    /// Every row's store record, encoded, back to back (a row without a
+    /// finite prediction has an empty one): row `r` ends at `ends[r]`.
+    records: Option<(Vec<u8>, Vec<usize>)>,
+    /// Every row's inputs as half floats (the index keeps them), `2 *
+    /// width` bytes a row.
+    halves: Option<(Vec<u8>, usize)>,
 }
 
 struct PreparedRow {
     /// `None`: null.
     prediction: Option<f64>,
-    digest: Option<String>,
-    inputs: Option<String>,
+    /// [`crate::index::row_hash`] of the inputs (0 without the index).
     index_hash: u64,
     /// A feature was null (filled).
     missing: bool,
@@ -511,51 +525,99 @@ struct PreparedRow {
     nan: bool,
 }
 
-/// Digests, packed inputs and index hashes of a batch's rows, computed
-/// from the same f32 values `predict` fed the model (`pack_block`: null
-/// and NaN take the fill value), so that the digest, the kept inputs and
-/// the index describe what was scored. Digests and packed inputs only go
-/// into store records, so without `records` they are left out.
+impl PreparedBatch {
+    /// The entity id of row `r` (a kept row's is never null).
+    pub(crate) fn id(&self, r: usize) -> &str {
+        self.ids.value(r)
+    }
+
+    /// The store record of row `r`, if records were made.
+    pub(crate) fn record(&self, r: usize) -> Option<&[u8]> {
+        self.records.as_ref().map(|(bytes, ends)| {
+            let start = if r == 0 { 0 } else { ends[r - 1] };
+            &bytes[start..ends[r]]
+        })
+    }
+
+    /// The half-float inputs of row `r`, if the index is kept.
+    pub(crate) fn halves(&self, r: usize) -> Option<&[u8]> {
+        self.halves
+            .as_ref()
+            .map(|(bytes, n)| &bytes[r * n..(r + 1) * n])
+    }
+
+    /// [`crate::index::row_hash`] of row `r`'s inputs.
+    pub(crate) fn index_hash(&self, r: usize) -> u64 {
+        self.rows[r].index_hash
+    }
+}
+
+/// Store records, index hashes and half-float inputs of a batch's rows,
+/// computed from the same f32 values `predict` fed the model
+/// (`pack_block`: null and NaN take the fill value), so that the digest,
+/// the kept inputs and the index describe what was scored. Each is made
+/// only when something takes it.
 pub(crate) fn prepare_batch(
     batch: &RecordBatch,
-    width: usize,
-    fill: f32,
-    records: bool,
+    how: &Prepare,
 ) -> Result<PreparedBatch, BatchError> {
-    let rows = batch.num_rows();
+    let (rows, width) = (batch.num_rows(), how.width);
     let ids = strings(batch.column(0))?;
     let columns: Vec<ArrayRef> = (0..width).map(|f| batch.column(1 + f).clone()).collect();
-    let block = crate::udf::pack_block(&columns, rows, fill)?;
+    let block = crate::udf::pack_block(&columns, rows, how.fill)?;
     let (mut missing, mut nan) = (vec![false; rows], vec![false; rows]);
     for col in &columns {
         FeatureColumn::of(col)?.flag_rows(&mut missing, &mut nan);
     }
     let preds = doubles(batch.column(1 + width))?;
-    let rows = (0..rows)
-        .map(|r| {
-            let values = &block[r * width..(r + 1) * width];
-            PreparedRow {
-                prediction: preds.is_valid(r).then(|| preds.value(r)),
-                digest: records.then(|| feature_digest(values)),
-                inputs: records.then(|| tandem_core::record::pack_inputs(values)),
-                index_hash: crate::index::row_hash(values),
-                missing: missing[r],
-                nan: nan[r],
+    let prediction = |r: usize| preds.is_valid(r).then(|| preds.value(r));
+    let inputs = |r: usize| &block[r * width..(r + 1) * width];
+    let records = how.records.as_deref().map(|encoder| {
+        // About 180 bytes of JSON around a 16-feature packing of 44.
+        let mut bytes = Vec::with_capacity(rows * (200 + 3 * width));
+        let mut ends = Vec::with_capacity(rows);
+        for r in 0..rows {
+            if let Some(p) = prediction(r).filter(|p| p.is_finite()) {
+                encoder.write(p, inputs(r), &mut bytes);
             }
+            ends.push(bytes.len());
+        }
+        (bytes, ends)
+    });
+    let halves = how.index.then(|| {
+        let mut bytes = Vec::with_capacity(2 * block.len());
+        tandem_core::record::half_bytes(&block, &mut bytes);
+        (bytes, 2 * width)
+    });
+    let rows = (0..rows)
+        .map(|r| PreparedRow {
+            prediction: prediction(r),
+            index_hash: if how.index {
+                crate::index::row_hash(inputs(r))
+            } else {
+                0
+            },
+            missing: missing[r],
+            nan: nan[r],
         })
         .collect();
-    Ok(PreparedBatch { ids, rows })
+    Ok(PreparedBatch {
+        ids,
+        rows,
+        records,
+        halves,
+    })
 }
 
 /// Applies the row rules, in input order, to a prepared batch: the rows
 /// to write.
 pub(crate) fn apply_rules(
-    batch: PreparedBatch,
+    batch: &PreparedBatch,
     rules: &mut RowRules,
 ) -> Result<Vec<ScoredRow>, BatchError> {
     let ids = &batch.ids;
     let mut out = Vec::with_capacity(batch.rows.len());
-    for (r, row) in batch.rows.into_iter().enumerate() {
+    for (r, row) in batch.rows.iter().enumerate() {
         let id = ids.is_valid(r).then(|| ids.value(r));
         let Some(id) = rules.check_id(id)? else {
             continue;
@@ -573,13 +635,7 @@ pub(crate) fn apply_rules(
                 continue;
             }
         };
-        out.push(ScoredRow {
-            id: id.to_owned(),
-            prediction,
-            digest: row.digest,
-            inputs: row.inputs,
-            index_hash: row.index_hash,
-        });
+        out.push(ScoredRow { row: r, prediction });
     }
     Ok(out)
 }
@@ -603,13 +659,14 @@ pub(crate) fn doubles(col: &ArrayRef) -> Result<Float64Array, BatchError> {
 /// Drops rows whose stored record already carries `run` (a resumed run).
 async fn drop_already_written(
     store: Option<&dyn Store>,
+    batch: &PreparedBatch,
     rows: Vec<ScoredRow>,
     run: &str,
 ) -> Result<(Vec<ScoredRow>, u64), BatchError> {
     let Some(store) = store else {
         return Ok((rows, 0));
     };
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let ids: Vec<String> = rows.iter().map(|r| batch.id(r.row).to_owned()).collect();
     let found = store.get_predictions(&ids).await?;
     let before = rows.len();
     let kept: Vec<ScoredRow> = rows
@@ -622,14 +679,16 @@ async fn drop_already_written(
     Ok((kept, skipped))
 }
 
-/// A task that writes chunks of records, in order, while scoring goes on.
+/// A task that writes chunks of encoded records, each with `ttl`, while
+/// scoring goes on.
 fn spawn_writer(
     store: Arc<dyn Store>,
+    ttl: Duration,
 ) -> (
-    mpsc::Sender<Vec<PredictionEntry>>,
+    mpsc::Sender<EncodedRows>,
     JoinHandle<Result<u64, tandem_store::StoreError>>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Vec<PredictionEntry>>(4);
+    let (tx, mut rx) = mpsc::channel::<EncodedRows>(4);
     let handle = tokio::spawn(async move {
         // Two chunks at a time: one is encoded while the store takes the
         // other (Redis answers a whole pipeline before the next is built).
@@ -653,7 +712,7 @@ fn spawn_writer(
             let store = store.clone();
             writes.spawn(async move {
                 let n = chunk.len() as u64;
-                store.put_predictions(&chunk).await.map(|()| n)
+                store.put_encoded_predictions(chunk, ttl).await.map(|()| n)
             });
         }
         while let Some(r) = writes.join_next().await {
@@ -728,6 +787,7 @@ impl OutputFile {
 
     fn write(
         &mut self,
+        batch: &PreparedBatch,
         rows: &[ScoredRow],
         model: &str,
         version: u64,
@@ -740,7 +800,7 @@ impl OutputFile {
         let at = i64::try_from(unix_millis(computed_at)).unwrap_or(i64::MAX);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.id.as_str()),
+                rows.iter().map(|r| batch.id(r.row)),
             )),
             Arc::new(Float64Array::from_iter_values(
                 rows.iter().map(|r| r.prediction),
@@ -839,14 +899,35 @@ mod tests {
         RecordBatch::try_new(schema, cols).unwrap()
     }
 
+    fn how(records: bool, index: bool) -> Prepare {
+        let encoder = RecordEncoder::new(&PredictionRecord {
+            prediction: 0.0,
+            timestamp: 1_700_000_000.5,
+            values: None,
+            model: Arc::from("m"),
+            version: 2,
+            source: PredictionSource::Batch,
+            run_id: Some(Arc::from("run-1")),
+            digest: None,
+            inputs: None,
+        })
+        .unwrap();
+        Prepare {
+            width: 2,
+            fill: -1.0,
+            records: records.then(|| Arc::new(encoder)),
+            index,
+        }
+    }
+
     #[test]
     fn prepared_rows_follow_the_row_rules_in_order_and_describe_the_filled_values() {
         let mut rules = RowRules::new(false);
-        let rows =
-            apply_rules(prepare_batch(&batch(), 2, -1.0, true).unwrap(), &mut rules).unwrap();
+        let prepared = prepare_batch(&batch(), &how(true, true)).unwrap();
+        let rows = apply_rules(&prepared, &mut rules).unwrap();
         // The second "a" and the null id are skipped; "c" has a NaN
         // prediction.
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let ids: Vec<&str> = rows.iter().map(|r| prepared.id(r.row)).collect();
         assert_eq!(ids, ["a", "b", "d"]);
         assert_eq!(rules.rows(), 6);
         assert_eq!(rules.skipped().values().sum::<u64>(), 3);
@@ -854,39 +935,54 @@ mod tests {
         // NaN f0; "d": f1 null.
         let filled = rules.filled_counts();
         assert_eq!(filled.values().sum::<u64>(), 4, "{filled:?}");
-        let b = &rows[1];
-        assert_eq!(b.prediction, 0.2);
+        // Each kept row's record is the record of its prediction and the
+        // values the model saw (fill values included), as it is stored.
+        let expect = |prediction: f64, inputs: &[f32]| PredictionRecord {
+            prediction,
+            timestamp: 1_700_000_000.5,
+            values: None,
+            model: Arc::from("m"),
+            version: 2,
+            source: PredictionSource::Batch,
+            run_id: Some(Arc::from("run-1")),
+            digest: Some(crate::digest::feature_digest(inputs).into()),
+            inputs: Some(tandem_core::record::pack_inputs(inputs).into()),
+        };
+        let record = |r: usize| {
+            tandem_store::layout::decode_prediction("k", prepared.record(r).unwrap()).unwrap()
+        };
+        let b = rows[1];
+        assert_eq!((b.row, b.prediction), (1, 0.2));
+        assert_eq!(record(1), expect(0.2, &[-1.0, -1.0]));
+        assert_eq!(record(0), expect(0.1, &[1.0, 0.5]));
+        assert_eq!(record(5), expect(0.6, &[6.0, -1.0]));
+        // "c" (NaN prediction) gets no record.
+        assert_eq!(prepared.record(4), Some(&b""[..]));
         assert_eq!(
-            b.digest.as_deref(),
-            Some(feature_digest(&[-1.0, -1.0]).as_str())
+            prepared.index_hash(1),
+            crate::index::row_hash(&[-1.0, -1.0])
         );
-        assert_eq!(
-            b.inputs.as_deref(),
-            Some(tandem_core::record::pack_inputs(&[-1.0, -1.0]).as_str())
-        );
-        assert_eq!(b.index_hash, crate::index::row_hash(&[-1.0, -1.0]));
-        let d = &rows[2];
-        assert_eq!(d.index_hash, crate::index::row_hash(&[6.0, -1.0]));
-        assert_eq!(rows[0].index_hash, crate::index::row_hash(&[1.0, 0.5]));
+        assert_eq!(prepared.index_hash(5), crate::index::row_hash(&[6.0, -1.0]));
+        assert_eq!(prepared.index_hash(0), crate::index::row_hash(&[1.0, 0.5]));
+        let mut halves = Vec::new();
+        tandem_core::record::half_bytes(&[6.0, -1.0], &mut halves);
+        assert_eq!(prepared.halves(5), Some(halves.as_slice()));
 
-        // Without a store, no digests or packed inputs; the same rows.
+        // Without a store or an index, neither records nor halves; the
+        // same rows.
         let mut rules = RowRules::new(false);
-        let bare =
-            apply_rules(prepare_batch(&batch(), 2, -1.0, false).unwrap(), &mut rules).unwrap();
+        let plain = prepare_batch(&batch(), &how(false, false)).unwrap();
+        let bare = apply_rules(&plain, &mut rules).unwrap();
         assert_eq!(bare.len(), 3);
-        assert!(
-            bare.iter()
-                .all(|r| r.digest.is_none() && r.inputs.is_none())
+        assert!((0..6).all(|r| plain.record(r).is_none() && plain.halves(r).is_none()));
+        assert_eq!(
+            bare.iter().map(|r| r.row).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.row).collect::<Vec<_>>()
         );
-        assert_eq!(bare[1].index_hash, b.index_hash);
 
         // Strict: the first filled value fails the run, naming its row.
         let mut strict = RowRules::new(true);
-        let err = apply_rules(
-            prepare_batch(&batch(), 2, -1.0, false).unwrap(),
-            &mut strict,
-        )
-        .expect_err("strict");
+        let err = apply_rules(&plain, &mut strict).expect_err("strict");
         assert!(
             matches!(&err, BatchError::BadRow { row: 1, entity: Some(e), .. } if e == "b"),
             "{err}"

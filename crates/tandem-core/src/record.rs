@@ -89,6 +89,26 @@ pub fn pack_inputs(values: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
 }
 
+/// Appends [`pack_inputs`] of `values` to `out`, with no allocation: the
+/// halves go through a stack block of 48 values (96 bytes, a whole number
+/// of base64's 3-byte groups, so the text is the same as one encoding of
+/// all of them).
+pub fn pack_inputs_into(values: &[f32], out: &mut Vec<u8>) {
+    use base64::Engine as _;
+    const BLOCK: usize = 48;
+    let mut halves = [0u8; 2 * BLOCK];
+    let mut text = [0u8; 2 * BLOCK / 3 * 4];
+    for block in values.chunks(BLOCK) {
+        for (v, h) in block.iter().zip(halves.chunks_exact_mut(2)) {
+            h.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+        }
+        let n = base64::engine::general_purpose::STANDARD_NO_PAD
+            .encode_slice(&halves[..2 * block.len()], &mut text)
+            .unwrap_or(0);
+        out.extend_from_slice(&text[..n]);
+    }
+}
+
 /// Appends `values` as IEEE half floats, little-endian: the bytes that
 /// [`pack_inputs`] encodes in base64 (and the digest index keeps as they
 /// are).
@@ -214,6 +234,25 @@ pub fn unix_millis(t: SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn packing_into_a_buffer_writes_what_pack_inputs_returns() {
+        // Every width up to past three blocks, so that every tail length
+        // of the last block is met, after text already in the buffer.
+        for width in 0..150usize {
+            let v: Vec<f32> = (0..width)
+                .map(|i| ((i * 7919 + width) % 1000) as f32 * 0.37 - 150.0)
+                .collect();
+            let mut out = b"prefix".to_vec();
+            super::pack_inputs_into(&v, &mut out);
+            assert_eq!(&out[..6], b"prefix");
+            assert_eq!(
+                std::str::from_utf8(&out[6..]).unwrap(),
+                super::pack_inputs(&v),
+                "width {width}"
+            );
+        }
+    }
+
     #[test]
     fn inputs_pack_to_half_floats_and_back() {
         let v = [0.0f32, 1.5, -2.25, 1000.0, 0.1];

@@ -148,6 +148,14 @@ impl FeatureStore for Coalescing {
     ) -> Result<(), StoreError> {
         self.inner.put_features(rows, ttl).await
     }
+
+    async fn put_encoded_features(
+        &self,
+        rows: tandem_store::layout::EncodedRows,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_encoded_features(rows, ttl).await
+    }
 }
 
 #[async_trait]
@@ -165,6 +173,14 @@ impl PredictionStore for Coalescing {
 
     async fn delete_predictions(&self, entities: &[String]) -> Result<(), StoreError> {
         self.inner.delete_predictions(entities).await
+    }
+
+    async fn put_encoded_predictions(
+        &self,
+        rows: tandem_store::layout::EncodedRows,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.put_encoded_predictions(rows, ttl).await
     }
 }
 

@@ -45,6 +45,29 @@ pub trait PredictionStore: Send + Sync {
 
     /// Deletes the records of `entities` (absent ones are ignored).
     async fn delete_predictions(&self, entities: &[String]) -> Result<(), StoreError>;
+
+    /// Writes records already encoded as
+    /// [`crate::layout::encode_prediction`] encodes them (bulk writes, by
+    /// [`crate::layout::RecordEncoder`]), each with `ttl`. The stores of
+    /// this crate write the bytes as they are; the default decodes them and
+    /// calls [`PredictionStore::put_predictions`].
+    async fn put_encoded_predictions(
+        &self,
+        rows: crate::layout::EncodedRows,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let entries = rows
+            .iter()
+            .map(|(e, bytes)| {
+                crate::layout::decode_prediction(e, bytes).map(|record| PredictionEntry {
+                    entity: e.to_owned(),
+                    record,
+                    ttl,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.put_predictions(&entries).await
+    }
 }
 
 /// Feature rows by entity.

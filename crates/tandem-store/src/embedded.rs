@@ -268,6 +268,20 @@ impl PredictionStore for EmbeddedStore {
         blocking(move || this.put_blocking(PREDICTIONS, items)).await
     }
 
+    async fn put_encoded_predictions(
+        &self,
+        rows: EncodedRows,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let layout = &self.inner.options.layout;
+        let items = rows
+            .iter()
+            .map(|(e, bytes)| (layout.prediction_key(e), bytes.to_vec(), Some(ttl)))
+            .collect();
+        let this = self.clone();
+        blocking(move || this.put_blocking(PREDICTIONS, items)).await
+    }
+
     async fn delete_predictions(&self, entities: &[String]) -> Result<(), StoreError> {
         let layout = &self.inner.options.layout;
         let keys: Vec<String> = entities.iter().map(|e| layout.prediction_key(e)).collect();

@@ -86,6 +86,73 @@ pub fn encode_prediction(record: &PredictionRecord) -> Vec<u8> {
     out
 }
 
+/// Writes the records of one batch run straight into a buffer, byte for
+/// byte as [`encode_prediction`] writes the same record: a run's records
+/// share their timestamp, model, version, source and run id, so that part
+/// is written (and its strings escaped) once, and each record adds only its
+/// prediction, the digest of its inputs and the inputs packed
+/// ([`tandem_core::record::pack_inputs`]). A batch run writes a million
+/// records; this allocates nothing per record.
+#[derive(Debug, Clone)]
+pub struct RecordEncoder {
+    /// `,"timestamp":..,"model":..,"version":..,"source":..,"run_id":..,"digest":"`.
+    middle: Vec<u8>,
+}
+
+/// How every record starts.
+const RECORD_HEAD: &[u8] = b"{\"prediction\":";
+/// Between the digest and the packed inputs.
+const RECORD_INPUTS: &[u8] = b"\",\"inputs\":\"";
+
+impl RecordEncoder {
+    /// An encoder for records with the fields of `template` other than its
+    /// prediction, digest and inputs (those come with each record);
+    /// `None` when `template` has `values` (a vector output, written by
+    /// [`encode_prediction`]).
+    pub fn new(template: &PredictionRecord) -> Option<Self> {
+        if template.values.is_some() {
+            return None;
+        }
+        // The template written with an empty digest and inputs: the middle
+        // is what lies between its prediction and its digest's text.
+        let probe = PredictionRecord {
+            prediction: 0.0,
+            digest: Some("".into()),
+            inputs: Some("".into()),
+            ..template.clone()
+        };
+        let full = encode_prediction(&probe);
+        let head = [RECORD_HEAD, b"0.0"].concat();
+        let tail = [RECORD_INPUTS, b"\"}"].concat();
+        let middle = full.strip_prefix(head.as_slice())?;
+        let middle = middle.strip_suffix(tail.as_slice())?;
+        Some(RecordEncoder {
+            middle: middle.to_vec(),
+        })
+    }
+
+    /// Appends the record of `prediction` computed from `inputs` to `out`.
+    pub fn write(&self, prediction: f64, inputs: &[f32], out: &mut Vec<u8>) {
+        out.extend_from_slice(RECORD_HEAD);
+        let mut number = zmij::Buffer::new();
+        out.extend_from_slice(if prediction.is_finite() {
+            number.format_finite(prediction).as_bytes()
+        } else {
+            b"null"
+        });
+        out.extend_from_slice(&self.middle);
+        let digest = tandem_core::digest::feature_digest_u64(inputs);
+        let mut hex = [0u8; 16];
+        for (k, h) in hex.iter_mut().enumerate() {
+            *h = b"0123456789abcdef"[((digest >> (60 - 4 * k)) & 0xf) as usize];
+        }
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(RECORD_INPUTS);
+        tandem_core::record::pack_inputs_into(inputs, out);
+        out.extend_from_slice(b"\"}");
+    }
+}
+
 /// Decodes a prediction record, naming `key` when the bytes are not one.
 pub fn decode_prediction(key: &str, bytes: &[u8]) -> Result<PredictionRecord, StoreError> {
     let record: PredictionRecord =
@@ -599,6 +666,71 @@ mod tests {
             "{json}"
         );
         assert_eq!(decode_prediction("k", json.as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn the_record_encoder_writes_the_bytes_encode_prediction_writes() {
+        let templates = [
+            PredictionRecord {
+                prediction: 0.0,
+                timestamp: 1_796_053_305.603_724_7,
+                values: None,
+                model: Arc::from("xgboost_200x6"),
+                version: 3,
+                source: tandem_core::PredictionSource::Batch,
+                run_id: Some("run-1796053305-13111".into()),
+                digest: None,
+                inputs: None,
+            },
+            // Names that need escaping, a whole-second timestamp, no run.
+            PredictionRecord {
+                prediction: 0.0,
+                timestamp: 1_700_000_000.0,
+                values: None,
+                model: Arc::from("m\"odel\\ \u{e9}\u{1}"),
+                version: 0,
+                source: tandem_core::PredictionSource::Realtime,
+                run_id: None,
+                digest: None,
+                inputs: None,
+            },
+        ];
+        let predictions = [
+            0.0,
+            -0.0,
+            1.0,
+            -7.311_684_608_459_473,
+            1e-300,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        let rows: [&[f32]; 4] = [&[], &[1.5], &[0.1, -2.0, 3.25], &[0.3; 49]];
+        for template in &templates {
+            let encoder = RecordEncoder::new(template).expect("a scalar record");
+            for &prediction in &predictions {
+                for inputs in rows {
+                    let record = PredictionRecord {
+                        prediction,
+                        digest: Some(tandem_core::digest::feature_digest(inputs).into()),
+                        inputs: Some(tandem_core::record::pack_inputs(inputs).into()),
+                        ..template.clone()
+                    };
+                    let mut out = b"before".to_vec();
+                    encoder.write(prediction, inputs, &mut out);
+                    assert_eq!(
+                        String::from_utf8_lossy(&out[6..]),
+                        String::from_utf8_lossy(&encode_prediction(&record)),
+                    );
+                }
+            }
+        }
+        let vector = PredictionRecord {
+            values: Some(vec![1.0, 2.0]),
+            ..templates[0].clone()
+        };
+        assert!(RecordEncoder::new(&vector).is_none());
     }
 
     #[test]

@@ -292,6 +292,45 @@ impl RedisStore {
         }
     }
 
+    /// Writes encoded rows under the keys `key_into` writes for their
+    /// entities (into a cleared buffer): `MSET`s without a TTL, `SET ...
+    /// PX` with one, per hash slot on a cluster. No key string or value
+    /// buffer is made per row.
+    async fn put_encoded(
+        &self,
+        rows: EncodedRows,
+        ttl: Option<Duration>,
+        key_into: impl Fn(&mut Vec<u8>, &str),
+    ) -> Result<(), StoreError> {
+        let mut key = Vec::with_capacity(64);
+        let mut key_of = |i: usize| -> u16 {
+            key.clear();
+            key_into(&mut key, rows.get(i).0);
+            hash_slot(&key)
+        };
+        let slots: Vec<u16> = match &self.conn {
+            Conn::Single(_) => Vec::new(),
+            Conn::Cluster(_) => (0..rows.len()).map(&mut key_of).collect(),
+        };
+        let writes = self.per_slot(
+            rows.len(),
+            |i| slots[i],
+            |chunk| {
+                let bytes = chunk.iter().map(|&i| rows.get(i).1.len() + 64).sum();
+                let mut bulk = BulkWrite::new(chunk.len(), bytes, ttl.is_none());
+                let mut key = Vec::with_capacity(64);
+                for &i in chunk {
+                    let (entity, value) = rows.get(i);
+                    key.clear();
+                    key_into(&mut key, entity);
+                    bulk.push(&key, value, ttl);
+                }
+                bulk.finish()
+            },
+        );
+        self.send_all(writes).await
+    }
+
     async fn del_many(&self, keys: Vec<String>) -> Result<(), StoreError> {
         // A multi-key DEL is split per slot by the cluster client.
         let cmds: Vec<redis::Cmd> = keys
@@ -514,6 +553,20 @@ impl PredictionStore for RedisStore {
         self.set_many(items).await
     }
 
+    async fn put_encoded_predictions(
+        &self,
+        rows: EncodedRows,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let layout = &self.options.layout;
+        self.put_encoded(rows, Some(ttl), |key, entity| {
+            key.extend_from_slice(layout.namespace.as_bytes());
+            key.extend_from_slice(layout.prediction_prefix.as_bytes());
+            key.extend_from_slice(entity.as_bytes());
+        })
+        .await
+    }
+
     async fn delete_predictions(&self, entities: &[String]) -> Result<(), StoreError> {
         let keys = entities
             .iter()
@@ -561,28 +614,12 @@ impl FeatureStore for RedisStore {
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
         let layout = &self.options.layout;
-        let key_into = |key: &mut Vec<u8>, entity: &str| {
-            key.clear();
+        self.put_encoded(rows, ttl, |key, entity| {
             key.extend_from_slice(layout.namespace.as_bytes());
             key.extend_from_slice(layout.feature_prefix.as_bytes());
             key.extend_from_slice(entity.as_bytes());
-        };
-        let writes = self.per_slot(
-            rows.len(),
-            |i| hash_slot(layout.feature_key(rows.get(i).0).as_bytes()),
-            |chunk| {
-                let bytes = chunk.iter().map(|&i| rows.get(i).1.len() + 64).sum();
-                let mut bulk = BulkWrite::new(chunk.len(), bytes, ttl.is_none());
-                let mut key = Vec::with_capacity(64);
-                for &i in chunk {
-                    let (entity, value) = rows.get(i);
-                    key_into(&mut key, entity);
-                    bulk.push(&key, value, ttl);
-                }
-                bulk.finish()
-            },
-        );
-        self.send_all(writes).await
+        })
+        .await
     }
 }
 

@@ -124,6 +124,62 @@ pub async fn encoded_features_round_trip(h: &impl Harness) {
     }
 }
 
+pub async fn encoded_predictions_round_trip(h: &impl Harness) {
+    let store = h.store();
+    let template = PredictionRecord {
+        prediction: 0.0,
+        timestamp: unix_seconds(SystemTime::now()),
+        values: None,
+        model: "churn \"v2\"".into(),
+        version: 2,
+        source: PredictionSource::Batch,
+        run_id: Some("run-8".into()),
+        digest: None,
+        inputs: None,
+    };
+    let encoder = tandem_store::layout::RecordEncoder::new(&template).unwrap();
+    let inputs = |i: usize| [i as f32 * 0.5, -(i as f32), 3.25];
+    let expected = |i: usize| PredictionRecord {
+        prediction: i as f64 * 0.001 - 1.0,
+        digest: Some(tandem_core::digest::feature_digest(&inputs(i)).into()),
+        inputs: Some(tandem_core::record::pack_inputs(&inputs(i)).into()),
+        ..template.clone()
+    };
+    let encoded = |prefix: &str, n: usize| {
+        let mut rows = tandem_store::EncodedRows::with_capacity(n, 200);
+        let mut bytes = Vec::new();
+        for i in 0..n {
+            bytes.clear();
+            encoder.write(expected(i).prediction, &inputs(i), &mut bytes);
+            rows.push_encoded(&format!("{prefix}-{i}"), &bytes);
+        }
+        rows
+    };
+    // More than one write chunk, every record read back as it was.
+    store
+        .put_encoded_predictions(encoded("kept", 2500), HOUR)
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..2500).map(|i| format!("kept-{i}")).collect();
+    let got = store.get_predictions(&ids).await.unwrap();
+    for (i, record) in got.iter().enumerate() {
+        let record = record.as_ref().unwrap_or_else(|e| panic!("kept-{i}: {e}"));
+        assert_eq!(record, &expected(i), "kept-{i}");
+    }
+    // Each record carries the TTL.
+    store
+        .put_encoded_predictions(encoded("brief", 3), Duration::from_millis(700))
+        .await
+        .unwrap();
+    let brief: Vec<String> = (0..3).map(|i| format!("brief-{i}")).collect();
+    assert!(store.get_predictions(&brief).await.unwrap()[2].is_ok());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for got in store.get_predictions(&brief).await.unwrap() {
+        assert!(got.as_ref().unwrap_err().is_not_found(), "{got:?}");
+    }
+    assert!(store.get_predictions(&ids[..1]).await.unwrap()[0].is_ok());
+}
+
 pub async fn ttl_expiry(h: &impl Harness) {
     let store = h.store();
     store
@@ -353,6 +409,10 @@ macro_rules! store_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn encoded_features_round_trip() {
             suite::encoded_features_round_trip(&$harness).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn encoded_predictions_round_trip() {
+            suite::encoded_predictions_round_trip(&$harness).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn ttl_expiry() {
