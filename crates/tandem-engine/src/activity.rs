@@ -27,8 +27,12 @@ use tandem_store::ActivityLog;
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
-/// Longest time counts wait before they are written.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Longest time counts wait before they are written. A second: the
+/// counts only rank entities for warming, which looks back hours, and the
+/// longer the window, the more requests for one entity become one
+/// increment (under a Zipf-like draw from a million entities, 0.46 writes
+/// per request over a second against 0.61 over 100 ms).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Entities per write.
 const WRITE_SLICE: usize = 256;

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -61,6 +62,10 @@ pub struct RedisStore {
     options: StoreOptions,
     backend: &'static str,
     description: String,
+    /// Activity counts go as one script call per slice until the server
+    /// refuses scripts (ACLs without `@scripting`, servers without Lua);
+    /// then as pipelines of `HINCRBY`.
+    scripts: AtomicBool,
 }
 
 impl RedisStore {
@@ -90,6 +95,7 @@ impl RedisStore {
             options,
             backend: "redis",
             description: format!("redis {}", host.trim_end_matches("#insecure")),
+            scripts: AtomicBool::new(true),
         })
     }
 
@@ -131,6 +137,7 @@ impl RedisStore {
             options,
             backend: "redis-cluster",
             description: format!("redis-cluster {}", hosts.join(",")),
+            scripts: AtomicBool::new(true),
         })
     }
 
@@ -143,13 +150,20 @@ impl RedisStore {
         &self,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.options.timeout, fut).await {
-            Ok(r) => r.map_err(|e| self.error(e)),
-            Err(_) => Err(StoreError::TimedOut {
+        self.bounded_raw(fut).await?.map_err(|e| self.error(e))
+    }
+
+    /// As [`RedisStore::bounded`], with the client's error as it came.
+    async fn bounded_raw<T>(
+        &self,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<Result<T, RedisError>, StoreError> {
+        tokio::time::timeout(self.options.timeout, fut)
+            .await
+            .map_err(|_| StoreError::TimedOut {
                 backend: self.backend,
                 after: self.options.timeout,
-            }),
-        }
+            })
     }
 
     async fn cluster_conn(
@@ -168,14 +182,24 @@ impl RedisStore {
         &self,
         run: impl AsyncQuery,
     ) -> Result<T, StoreError> {
+        self.query_raw(run).await?.map_err(|e| self.error(e))
+    }
+
+    /// As [`RedisStore::query`], with the client's error as it came (a
+    /// time-out or a cluster that cannot be reached is still a
+    /// [`StoreError`]).
+    async fn query_raw<T: redis::FromRedisValue + Send>(
+        &self,
+        run: impl AsyncQuery,
+    ) -> Result<Result<T, RedisError>, StoreError> {
         match &self.conn {
             Conn::Single(manager) => {
                 let mut c = manager.clone();
-                self.bounded(run.query::<T, _>(&mut c)).await
+                self.bounded_raw(run.query::<T, _>(&mut c)).await
             }
             Conn::Cluster(cluster) => {
                 let mut c = self.cluster_conn(&cluster.client, &cluster.conn).await?;
-                self.bounded(run.query::<T, _>(&mut c)).await
+                self.bounded_raw(run.query::<T, _>(&mut c)).await
             }
         }
     }
@@ -348,6 +372,28 @@ impl RedisStore {
             .await
     }
 
+    /// Activity counts as pipelines of `HINCRBY` (servers that refuse
+    /// scripts).
+    async fn record_counts_piped(
+        &self,
+        key: &str,
+        counts: &[(String, u64)],
+        retention_ms: u64,
+    ) -> Result<(), StoreError> {
+        let pipes: Vec<redis::Pipeline> = counts
+            .chunks(CHUNK)
+            .map(|chunk| {
+                let mut pipe = redis::Pipeline::with_capacity(chunk.len() + 1);
+                for (entity, n) in chunk {
+                    pipe.cmd("HINCRBY").arg(key).arg(entity.as_str()).arg(*n);
+                }
+                pipe.cmd("PEXPIRE").arg(key).arg(retention_ms);
+                pipe
+            })
+            .collect();
+        self.send_all(pipes).await
+    }
+
     /// Sends commands or pipelines whose replies are only checked for
     /// errors, several at a time (more on a cluster, whose round trips go
     /// to different nodes).
@@ -475,6 +521,40 @@ impl AsyncQuery for redis::Pipeline {
 }
 
 /// Sorts a client error into the store's error kinds.
+/// Adds each `(field, n)` of ARGV's pairs to the hash `KEYS[1]` and sets
+/// its expiry to ARGV's last value: a slice of activity counts in one
+/// call, with one reply, instead of a pipeline of `HINCRBY`s (which costs
+/// the client a command built and a reply parsed per entity).
+const RECORD_SCRIPT: &str = "for i = 1, #ARGV - 1, 2 do \
+redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end \
+redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV]) return 0";
+
+/// The `EVAL` of [`RECORD_SCRIPT`] for `counts`. `EVAL` rather than
+/// `EVALSHA`: the server hashes the 150-byte script once per call, and no
+/// call ever meets a node that has not loaded it.
+fn record_script(key: &str, counts: &[(String, u64)], retention_ms: u64) -> redis::Cmd {
+    let bytes = counts.iter().map(|(e, _)| e.len() + 24).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(5 + 2 * counts.len(), 256 + key.len() + bytes);
+    cmd.arg("EVAL").arg(RECORD_SCRIPT).arg(1).arg(key);
+    for (entity, n) in counts {
+        cmd.arg(entity.as_str()).arg(*n);
+    }
+    cmd.arg(retention_ms);
+    cmd
+}
+
+/// Whether `e` says the server will not run scripts at all (so none of
+/// the call ran): an ACL without `@scripting`, or no `EVAL` command.
+fn scripts_refused(e: &RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::NoPerm) => true,
+        ErrorKind::Server(ServerErrorKind::ResponseError) => e
+            .detail()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("unknown command")),
+        _ => false,
+    }
+}
+
 fn classify(backend: &'static str, timeout: Duration, e: &RedisError) -> StoreError {
     if e.is_timeout() {
         return StoreError::TimedOut {
@@ -640,19 +720,37 @@ impl ActivityLog for RedisStore {
         let retention_ms =
             u64::try_from(self.options.activity_retention.as_millis()).unwrap_or(u64::MAX);
         // Every activity key carries the namespace's hash tag: one slot, so
-        // each pipeline is valid on a cluster too.
-        let pipes: Vec<redis::Pipeline> = counts
-            .chunks(CHUNK)
-            .map(|chunk| {
-                let mut pipe = redis::Pipeline::with_capacity(chunk.len() + 1);
-                for (entity, n) in chunk {
-                    pipe.cmd("HINCRBY").arg(&key).arg(entity.as_str()).arg(*n);
+        // each call is valid on a cluster too.
+        if self.scripts.load(Ordering::Relaxed) {
+            let mut refused = None;
+            for (k, chunk) in counts.chunks(CHUNK).enumerate() {
+                match self
+                    .query_raw::<()>(record_script(&key, chunk, retention_ms))
+                    .await?
+                {
+                    Ok(()) => {}
+                    Err(e) if scripts_refused(&e) => {
+                        // Refused before it ran: nothing of this chunk
+                        // was counted. It and the rest go as pipelines.
+                        refused = Some((k * CHUNK, e));
+                        break;
+                    }
+                    Err(e) => return Err(self.error(e)),
                 }
-                pipe.cmd("PEXPIRE").arg(&key).arg(retention_ms);
-                pipe
-            })
-            .collect();
-        self.send_all(pipes).await
+            }
+            let Some((done, e)) = refused else {
+                return Ok(());
+            };
+            tracing::warn!(
+                "{}: scripts refused ({e}); activity counts go as HINCRBY pipelines",
+                self.description
+            );
+            self.scripts.store(false, Ordering::Relaxed);
+            return self
+                .record_counts_piped(&key, &counts[done..], retention_ms)
+                .await;
+        }
+        self.record_counts_piped(&key, counts, retention_ms).await
     }
 
     async fn top_active(

@@ -243,3 +243,92 @@ async fn tls_with_a_private_ca() {
         "{err}"
     );
 }
+
+/// `INFO commandstats` line of `command`, if it was called.
+fn commandstats(h: &Redis, command: &str) -> Option<String> {
+    h.server
+        .command(&["INFO", "commandstats"])
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .map(str::to_owned)
+}
+
+/// The number after `field=` in a commandstats line.
+fn stat(line: &str, field: &str) -> u64 {
+    line.split([':', ','])
+        .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in {line}"))
+}
+
+#[tokio::test]
+async fn activity_counts_go_as_one_script_call_per_slice() {
+    let h = Redis::new();
+    let store = suite::Harness::store(&h);
+    let now = std::time::SystemTime::now();
+    let counts: Vec<(String, u64)> = (0..2500).map(|i| (format!("e{i}"), i % 7 + 1)).collect();
+    store.record_activity_counts(&counts, now).await.unwrap();
+    // 1000 entities a call: three calls, no HINCRBY sent on its own (the
+    // script's own calls are counted under hincrby too, 2500 of them).
+    let eval = commandstats(&h, "eval").expect("EVAL was called");
+    assert_eq!(stat(&eval, "calls"), 3, "{eval}");
+    let hincrby = commandstats(&h, "hincrby").expect("HINCRBY ran");
+    assert_eq!(stat(&hincrby, "calls"), 2500, "{hincrby}");
+    let top = store
+        .top_active(3000, Duration::from_secs(3600), now)
+        .await
+        .unwrap();
+    assert_eq!(top.len(), 2500);
+    assert_eq!(
+        top.iter().map(|e| e.count).sum::<u64>(),
+        counts.iter().map(|c| c.1).sum::<u64>()
+    );
+    // The bucket expires after the retention (7 days by default).
+    let keys = h.server.command(&["KEYS", "{activity}:c:*"]);
+    let key = keys
+        .lines()
+        .find(|l| l.starts_with("{activity}"))
+        .unwrap_or_else(|| panic!("{keys}"));
+    let ttl: i64 = h.server.command(&["TTL", key])[1..].trim().parse().unwrap();
+    assert!((604_790..=604_800).contains(&ttl), "TTL {ttl}");
+}
+
+#[tokio::test]
+async fn activity_counts_fall_back_to_hincrby_when_scripts_are_refused() {
+    let h = Redis::new();
+    let reply = h.server.command(&[
+        "ACL",
+        "SETUSER",
+        "noscripts",
+        "on",
+        "nopass",
+        "~*",
+        "&*",
+        "+@all",
+        "-@scripting",
+    ]);
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let url = format!(
+        "redis://noscripts:x@127.0.0.1:{}?timeout_ms=15000",
+        h.server.port()
+    );
+    let store = tandem_store::open(&url).unwrap();
+    let now = std::time::SystemTime::now();
+    let counts: Vec<(String, u64)> = (0..1500).map(|i| (format!("e{i}"), i % 5 + 1)).collect();
+    // The first call meets the refusal and counts by HINCRBY; the second
+    // goes straight to HINCRBY. Nothing is lost or counted twice.
+    store.record_activity_counts(&counts, now).await.unwrap();
+    store.record_activity_counts(&counts, now).await.unwrap();
+    let eval = commandstats(&h, "eval").expect("EVAL was tried");
+    assert_eq!(stat(&eval, "calls"), 0, "{eval}");
+    assert_eq!(stat(&eval, "rejected_calls"), 1, "{eval}");
+    let top = store
+        .top_active(2000, Duration::from_secs(3600), now)
+        .await
+        .unwrap();
+    assert_eq!(top.len(), 1500);
+    for e in &top {
+        let i: u64 = e.entity[1..].parse().unwrap();
+        assert_eq!(e.count, 2 * (i % 5 + 1), "{}", e.entity);
+    }
+}
