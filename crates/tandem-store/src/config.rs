@@ -182,6 +182,12 @@ impl StoreUrl {
                 return Err(invalid("no file path".into()));
             }
             Backend::Embedded { path: path.into() }
+        } else if let Some((scheme, _)) = base.split_once("://") {
+            // `embedded:///data/x.redb` would otherwise be a path, relative
+            // to the working directory, under a directory `embedded:`.
+            return Err(invalid(format!(
+                "unknown scheme {scheme}:// (expected redis://, rediss://, redis-cluster://, rediss-cluster://, or file:PATH for the embedded store)"
+            )));
         } else if base.ends_with(".redb") {
             Backend::Embedded { path: base.into() }
         } else {
@@ -285,6 +291,18 @@ mod tests {
                 StoreUrl::parse(url).unwrap().backend,
                 Backend::Embedded { path: path.into() }
             );
+        }
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_refused_not_taken_for_a_path() {
+        for url in [
+            "embedded:///tmp/x.redb",
+            "redb://data/x.redb",
+            "memcached://h:1",
+        ] {
+            let err = StoreUrl::parse(url).expect_err(url).to_string();
+            assert!(err.contains("unknown scheme"), "{url}: {err}");
         }
     }
 
