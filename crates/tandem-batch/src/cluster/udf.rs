@@ -26,10 +26,10 @@ use datafusion::logical_expr::{
 };
 use tandem_core::{PredictionRecord, PredictionSource};
 use tandem_model::Model;
-use tandem_store::{PredictionEntry, Store};
+use tandem_store::Store;
+use tandem_store::layout::{EncodedRows, RecordEncoder};
 
-use crate::digest::{feature_digest, shard_of};
-use crate::rows::FeatureColumn;
+use crate::digest::shard_of;
 use crate::udf::{pack_block, predict_block};
 
 /// The function's name in plans.
@@ -99,9 +99,9 @@ impl Io {
         Ok(store)
     }
 
-    fn write(&self, url: &str, entries: Vec<PredictionEntry>) -> Result<()> {
+    fn write(&self, url: &str, rows: EncodedRows, ttl: Duration) -> Result<()> {
         let store = self.store(url)?;
-        self.run(async move { store.put_predictions(&entries).await })?
+        self.run(async move { store.put_encoded_predictions(rows, ttl).await })?
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
@@ -277,20 +277,30 @@ impl ScalarUDFImpl for ScoreUdf {
         let n = picked.first().map_or(0, |c| c.len());
         let block = pack_block(&picked, n, fill)?;
         let predictions = predict_block(model, &block, n)?;
-        let features: Vec<FeatureColumn> = picked
-            .iter()
-            .map(|c| {
-                FeatureColumn::of(c)
-                    .map_err(|_| DataFusionError::Execution("a feature is not numeric".into()))
-            })
-            .collect::<Result<_>>()?;
-
-        let model_name: Arc<str> = Arc::from(model.name());
-        let run: Arc<str> = Arc::from(run_id.as_str());
+        // Each record written with the values the model was fed (`block`:
+        // null and NaN took the fill value), as a local run writes them.
+        let encoder = if store_url.is_empty() {
+            None
+        } else {
+            let template = PredictionRecord {
+                prediction: 0.0,
+                timestamp,
+                values: None,
+                model: Arc::from(model.name()),
+                version: model.version(),
+                source: PredictionSource::Batch,
+                run_id: Some(Arc::from(run_id.as_str())),
+                digest: None,
+                inputs: None,
+            };
+            Some(RecordEncoder::new(&template).ok_or_else(|| {
+                DataFusionError::Execution(format!("{NAME}: cannot encode this run's records"))
+            })?)
+        };
         let ttl = Duration::from_millis(ttl_ms.max(1.0) as u64);
-        let mut entries = Vec::with_capacity(if store_url.is_empty() { 0 } else { rows });
+        let mut records = EncodedRows::with_capacity(if encoder.is_some() { n } else { 0 }, 300);
+        let mut record = Vec::with_capacity(512);
         let mut out: Vec<Option<f64>> = vec![None; rows];
-        let mut row_values = vec![0f32; width];
         for (k, &prediction) in predictions.iter().enumerate() {
             let r = row_of(k);
             let Some(id) = ids.is_valid(r).then(|| ids.value(r)) else {
@@ -305,32 +315,14 @@ impl ScalarUDFImpl for ScoreUdf {
                 continue;
             }
             out[r] = Some(prediction);
-            if store_url.is_empty() {
-                continue;
+            if let Some(encoder) = &encoder {
+                record.clear();
+                encoder.write(prediction, &block[k * width..(k + 1) * width], &mut record);
+                records.push_encoded(id, &record);
             }
-            // The values the model was fed (`pack_block`: null and NaN
-            // take the fill value), as a local run digests them.
-            for (f, col) in features.iter().enumerate() {
-                row_values[f] = col.value(k, fill);
-            }
-            entries.push(PredictionEntry {
-                entity: id.to_owned(),
-                record: PredictionRecord {
-                    prediction,
-                    timestamp,
-                    values: None,
-                    model: model_name.clone(),
-                    version: model.version(),
-                    source: PredictionSource::Batch,
-                    run_id: Some(run.clone()),
-                    digest: Some(feature_digest(&row_values).into()),
-                    inputs: Some(tandem_core::record::pack_inputs(&row_values).into()),
-                },
-                ttl,
-            });
         }
-        if !entries.is_empty() {
-            io.write(&store_url, entries)?;
+        if !records.is_empty() {
+            io.write(&store_url, records, ttl)?;
         }
         let out: Float64Array = out.into_iter().collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
