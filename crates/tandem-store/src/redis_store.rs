@@ -520,7 +520,6 @@ impl AsyncQuery for redis::Pipeline {
     }
 }
 
-/// Sorts a client error into the store's error kinds.
 /// Adds each `(field, n)` of ARGV's pairs to the hash `KEYS[1]` and sets
 /// its expiry to ARGV's last value: a slice of activity counts in one
 /// call, with one reply, instead of a pipeline of `HINCRBY`s (which costs
@@ -555,6 +554,7 @@ fn scripts_refused(e: &RedisError) -> bool {
     }
 }
 
+/// Sorts a client error into the store's error kinds.
 fn classify(backend: &'static str, timeout: Duration, e: &RedisError) -> StoreError {
     if e.is_timeout() {
         return StoreError::TimedOut {
