@@ -7,7 +7,7 @@
 # and redis-server (started here on a spare port, no persistence).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-T="${CARGO_TARGET_DIR:-target}/release"
+T="${T:-${CARGO_TARGET_DIR:-target}/release}"
 DATA="${DATA:-/tmp/tandem-bench}"
 PORT="${PORT:-16390}"
 mkdir -p "$DATA"
