@@ -50,4 +50,6 @@ if [ "${TEN_MILLION:-1}" = 1 ]; then
   [ -f "$DATA/10m.parquet" ] || "$T/examples/batch_bench" "$DATA/10m.parquet" 10000000 "${MODELS[1]}" >/dev/null
   run "xgboost_200x6, 10M rows -> Parquet only" batch -m "${MODELS[0]}" -i "$DATA/10m.parquet" --output "$DATA/out.parquet"
   run "sklearn_mlp_32, 10M rows -> Parquet only" batch -m "${MODELS[1]}" -i "$DATA/10m.parquet" --output "$DATA/out.parquet"
+  run "xgboost_200x6, 10M rows -> Redis" batch -m "${MODELS[0]}" -i "$DATA/10m.parquet" --store "redis://127.0.0.1:$PORT"
+  run "xgboost_200x6, 10M rows -> embedded store" batch -m "${MODELS[0]}" -i "$DATA/10m.parquet" --store "$DATA/store.redb"
 fi
