@@ -35,6 +35,8 @@ for r in $(seq "$ROUNDS"); do
     "$T/examples/ceiling" "127.0.0.1:$PORT" "$w" >/dev/null &
     pid=$!
     for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.1; done
+    # Another server already on the port would answer in its place.
+    kill -0 "$pid" 2>/dev/null || { echo "the ceiling did not start on port $PORT (in use?)" >&2; exit 1; }
     c0=$(cpu "$pid"); p0=$(preempted "$pid")
     SUFFIX='' wrk -t2 -c64 -d"$D" -s scripts/bench/wrk/entity.lua "http://127.0.0.1:$PORT/" >"$OUT"
     c1=$(cpu "$pid"); p1=$(preempted "$pid")
