@@ -10,9 +10,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tandem_core::{FeatureRow, PredictionRecord};
 use tandem_store::{FeatureStore, Lookup, PredictionEntry, PredictionStore, Store, StoreError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// Most lookups merged into one read.
 const MAX_MERGED: usize = 256;
@@ -61,59 +63,70 @@ where
     F: Fn(Vec<String>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<Vec<Lookup<T>>, StoreError>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    // The reads in flight are polled by this task itself rather than
+    // spawned: a spawned read costs a task, and under load a hand-off to the
+    // other worker, for every round trip.
+    let max_in_flight = max_in_flight.max(1);
+    let mut in_flight = FuturesUnordered::new();
     let mut asks: Vec<Ask<T>> = Vec::with_capacity(MAX_MERGED);
+    let mut open = true;
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        if rx.recv_many(&mut asks, MAX_MERGED).await == 0 {
-            return;
-        }
-        // The ids move into the merged read; each caller keeps its count.
-        let mut ids: Vec<String> = Vec::new();
-        let batch: Vec<(Reply<T>, usize)> = asks
-            .drain(..)
-            .filter(|a| !a.reply.is_closed())
-            .map(|a| {
-                let n = a.ids.len();
-                ids.extend(a.ids);
-                (a.reply, n)
-            })
-            .collect();
-        if batch.is_empty() {
-            continue;
-        }
-        let fut = read(ids);
-        tokio::spawn(async move {
-            let result = fut.await;
-            drop(permit);
-            let asked: usize = batch.iter().map(|(_, n)| n).sum();
-            match result {
-                Ok(values) if values.len() != asked => {
-                    let e = StoreError::Backend {
-                        backend: "coalescer",
-                        detail: format!("{} values for {asked} keys", values.len()),
-                    };
-                    for (reply, _) in batch {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+        tokio::select! {
+            biased;
+            Some((result, batch)) = in_flight.next(), if !in_flight.is_empty() => {
+                answer(result, batch);
+            }
+            n = rx.recv_many(&mut asks, MAX_MERGED), if open && in_flight.len() < max_in_flight => {
+                if n == 0 {
+                    open = false;
+                    continue;
                 }
-                Ok(values) => {
-                    // Hand each caller its own slice, in order.
-                    let mut rest = values.into_iter();
-                    for (reply, n) in batch {
-                        let mine: Vec<Lookup<T>> = rest.by_ref().take(n).collect();
-                        let _ = reply.send(Ok(mine));
-                    }
-                }
-                Err(e) => {
-                    for (reply, _) in batch {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+                // The ids move into the merged read; each caller keeps its count.
+                let mut ids: Vec<String> = Vec::new();
+                let batch: Vec<(Reply<T>, usize)> = asks
+                    .drain(..)
+                    .filter(|a| !a.reply.is_closed())
+                    .map(|a| {
+                        let n = a.ids.len();
+                        ids.extend(a.ids);
+                        (a.reply, n)
+                    })
+                    .collect();
+                if !batch.is_empty() {
+                    let fut = read(ids);
+                    in_flight.push(async move { (fut.await, batch) });
                 }
             }
-        });
+            else => return,
+        }
+    }
+}
+
+/// Hands each caller of a merged read its own slice of the answer, in order.
+fn answer<T>(result: Result<Vec<Lookup<T>>, StoreError>, batch: Vec<(Reply<T>, usize)>) {
+    let asked: usize = batch.iter().map(|(_, n)| n).sum();
+    match result {
+        Ok(values) if values.len() != asked => {
+            let e = StoreError::Backend {
+                backend: "coalescer",
+                detail: format!("{} values for {asked} keys", values.len()),
+            };
+            for (reply, _) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Ok(values) => {
+            let mut rest = values.into_iter();
+            for (reply, n) in batch {
+                let mine: Vec<Lookup<T>> = rest.by_ref().take(n).collect();
+                let _ = reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            for (reply, _) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 
@@ -189,6 +202,8 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
+    use tokio::sync::Semaphore;
+
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,6 +246,55 @@ mod tests {
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 150);
         assert!(sizes.len() < 50, "no lookups were merged: {sizes:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_overlap_up_to_the_limit_and_no_further() {
+        // Every read waits at a gate the test opens; each read's ids are
+        // logged as it starts.
+        let gate = Arc::new(Semaphore::new(0));
+        let started = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+        let (tx, rx) = mpsc::channel::<Ask<String>>(1024);
+        let (g, st) = (gate.clone(), started.clone());
+        tokio::spawn(run(rx, 2, move |ids: Vec<String>| {
+            let (g, st) = (g.clone(), st.clone());
+            async move {
+                st.lock().unwrap().push(ids.clone());
+                g.acquire().await.unwrap().forget();
+                Ok(ids.into_iter().map(Ok).collect())
+            }
+        }));
+        let ask_for = |id: &str| {
+            let (tx, ids) = (tx.clone(), vec![id.to_string()]);
+            tokio::spawn(async move { ask(&tx, &ids).await })
+        };
+        let reads_started = |n: usize| {
+            let st = started.clone();
+            async move {
+                while st.lock().unwrap().len() < n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        let a = ask_for("a");
+        reads_started(1).await;
+        let b = ask_for("b");
+        reads_started(2).await;
+        // Two reads are out: these two wait, and then share one.
+        let c = ask_for("c");
+        let d = ask_for("d");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(started.lock().unwrap().len(), 2, "a third read went out");
+        gate.add_permits(1);
+        reads_started(3).await;
+        gate.add_permits(2);
+        for (task, id) in [(a, "a"), (b, "b"), (c, "c"), (d, "d")] {
+            let got = task.await.unwrap().unwrap();
+            assert_eq!(got[0].as_deref().unwrap(), id);
+        }
+        let started = started.lock().unwrap().clone();
+        assert_eq!(started.len(), 3, "{started:?}");
+        assert_eq!(started[2], vec!["c".to_string(), "d".to_string()]);
     }
 
     #[tokio::test]

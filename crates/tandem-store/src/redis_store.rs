@@ -205,6 +205,30 @@ impl RedisStore {
     }
 
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Conn::Single(_) = &self.conn
+            && keys.len() <= CHUNK
+        {
+            // The serving path's case: one merged read, one command.
+            let mut cmd = redis::cmd("MGET");
+            for key in keys {
+                cmd.arg(key);
+            }
+            let values = self.query::<Vec<Option<Vec<u8>>>>(cmd).await?;
+            if values.len() != keys.len() {
+                return Err(StoreError::Backend {
+                    backend: self.backend,
+                    detail: format!(
+                        "MGET of {} keys answered {} values",
+                        keys.len(),
+                        values.len()
+                    ),
+                });
+            }
+            return Ok(values);
+        }
         // Standalone: MGETs of CHUNK keys. Cluster: one MGET per hash slot
         // (a cluster MGET must stay in one slot; the client would otherwise
         // split it into one request per key's slot anyway).
