@@ -10,6 +10,8 @@
 #
 #   scripts/bench/serve-ab.sh ROUNDS ROW BIN [BIN ...]
 #
+# WARMUP (seconds, default 0) loads each build before the rounds; see below.
+#
 # Needs the ceiling example and batch_bench of a release build (T, default
 # $CARGO_TARGET_DIR/release), redis-server and wrk. DURATION per run
 # (default 5s). Loads 1M entities' features and the 200-tree ensemble's
@@ -70,6 +72,20 @@ one() { # url script pid
     $(( (c1 - c0) * 1000000 / tick / reqs )) $(( (r1 - r0) * 1000000 / tick / reqs )) \
     "$(awk '/Non-2xx/ {print ", non-2xx " $5}' "$DATA/wrk-ab.txt")"
 }
+# WARMUP=S: before the rounds, S seconds of the row's load on each build,
+# given in turns of DURATION so that no build idles for long (a memory
+# tier's entries expire while it idles). For a steady state rather than a
+# server's first minute.
+warm=$(( ${WARMUP:-0} ))
+if ((warm > 0)) && [[ ! $D =~ ^[0-9]+s$ ]]; then
+  echo "with WARMUP, give DURATION in seconds (such as 5s)" >&2; exit 2
+fi
+while ((warm > 0)); do
+  for j in $(seq 0 $((n - 1))); do
+    SUFFIX=$SUF wrk -t2 -c64 -d"$D" ${S:+-s "$S"} "http://127.0.0.1:$((18090 + j))" >/dev/null
+  done
+  warm=$((warm - ${D%s}))
+done
 : >"$DATA/serve-ab-rounds.txt"
 # Builds run in order in odd rounds and in reverse in even ones: the one
 # that runs right after the ceiling (or after another build's load on
