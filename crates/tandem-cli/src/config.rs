@@ -262,7 +262,7 @@ impl Default for StoreSection {
             url: "tandem.redb".into(),
             features_url: None,
             write_queue: 65_536,
-            reads_in_flight: 4,
+            reads_in_flight: 2,
             rewrite_unchanged_after: "1s".into(),
         }
     }

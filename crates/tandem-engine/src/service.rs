@@ -82,7 +82,7 @@ impl Default for EngineConfig {
             rewrite_unchanged_after: Duration::from_secs(1),
             stale_on_new_version: true,
             memory: MemoryTierConfig::default(),
-            store_reads_in_flight: 4,
+            store_reads_in_flight: 2,
             activity: ActivityConfig::default(),
         }
     }
