@@ -7,11 +7,12 @@
 //! everything queued by then. Under light load every lookup goes alone and
 //! at once; under heavy load lookups share round trips.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tandem_core::{FeatureRow, PredictionRecord};
 use tandem_store::{FeatureStore, Lookup, PredictionEntry, PredictionStore, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -93,8 +94,18 @@ where
                     })
                     .collect();
                 if !batch.is_empty() {
-                    let fut = read(ids);
-                    in_flight.push(async move { (fut.await, batch) });
+                    // A read that panics fails its own callers only, as a
+                    // task of its own would: the loop goes on serving.
+                    let fut = AssertUnwindSafe(read(ids)).catch_unwind();
+                    in_flight.push(async move {
+                        let result = fut.await.unwrap_or_else(|_| {
+                            Err(StoreError::Backend {
+                                backend: "coalescer",
+                                detail: "the store read panicked".into(),
+                            })
+                        });
+                        (result, batch)
+                    });
                 }
             }
             else => return,
@@ -295,6 +306,21 @@ mod tests {
         let started = started.lock().unwrap().clone();
         assert_eq!(started.len(), 3, "{started:?}");
         assert_eq!(started[2], vec!["c".to_string(), "d".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_panics_fails_its_callers_and_nothing_else() {
+        let (tx, rx) = mpsc::channel::<Ask<String>>(16);
+        let coalescer = tokio::spawn(run(rx, 2, |ids: Vec<String>| async move {
+            assert!(!ids.iter().any(|id| id == "boom"), "a bug in a store");
+            Ok(ids.into_iter().map(Ok).collect())
+        }));
+        let err = ask(&tx, &["boom".to_string()]).await.unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        let got = ask(&tx, &["fine".to_string()]).await.unwrap();
+        assert_eq!(got[0].as_deref().unwrap(), "fine");
+        drop(tx);
+        coalescer.await.unwrap();
     }
 
     #[tokio::test]
