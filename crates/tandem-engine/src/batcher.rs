@@ -318,10 +318,22 @@ fn run_call(jobs: Vec<Job>) {
         }
     };
     let started = Instant::now();
-    let result = match want {
+    // A model that panics (a bug in a converter's graph or in the runtime)
+    // fails this call's callers with a model error; the thread goes on,
+    // where it would otherwise end and leave every later job waiting.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match want {
         Want::Predictions => runner.predict(&batch).map(Output::Predictions),
         Want::Outputs => runner.run(&batch).map(Output::Outputs),
-    };
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!("a model call panicked: {what}");
+        Err(ModelError::Run(format!("the model panicked: {what}")))
+    });
     let model_time = started.elapsed();
     crate::telemetry::stage("model", model_time);
     crate::telemetry::batch_rows(total);
@@ -420,7 +432,8 @@ mod tests {
     use super::*;
 
     /// Doubles the first feature; records the batch sizes it saw; can be
-    /// made slow, and fails on a row whose first feature is negative.
+    /// made slow, fails on a row whose first feature is negative, and
+    /// panics on one whose first feature is 666.
     struct Fake {
         width: usize,
         seen: StdMutex<Vec<usize>>,
@@ -447,6 +460,7 @@ mod tests {
             let mut out = vec![];
             for i in 0..batch.rows() {
                 let x = batch.row(i)[0];
+                assert!(x != 666.0, "a bug in the model");
                 if x < 0.0 {
                     return Err(ModelError::Run(format!("negative input {x}")));
                 }
@@ -626,6 +640,34 @@ mod tests {
                 Output::Predictions(_) => panic!("asked for outputs"),
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_that_panics_fails_its_callers_and_the_thread_goes_on() {
+        let fake = Fake::new(1, Duration::from_millis(30));
+        let b = Batcher::start(config(64, 100));
+        let mut handles = vec![];
+        for x in [1.0, 666.0, 3.0] {
+            let b = b.clone();
+            let r: Arc<dyn Runner> = fake.clone();
+            handles.push(tokio::spawn(async move {
+                b.submit(r, vec![x], Want::Predictions).await
+            }));
+        }
+        let results: Vec<_> = futures_join(handles).await;
+        assert!(
+            matches!(&results[1], Err(EngineError::Model(m)) if m.contains("panicked")),
+            "{:?}",
+            results[1].as_ref().err()
+        );
+        assert_eq!(prediction(results[0].as_ref().unwrap()), [2.0]);
+        assert_eq!(prediction(results[2].as_ref().unwrap()), [6.0]);
+        // The one model thread is still there for the next job.
+        let after = b
+            .submit(fake.clone(), vec![5.0], Want::Predictions)
+            .await
+            .unwrap();
+        assert_eq!(prediction(&after), [10.0]);
     }
 
     #[tokio::test]
