@@ -1,10 +1,12 @@
 //! Writes real-time predictions to the store off the request path: a
 //! bounded queue drained by one task in batches, flushed at shutdown.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tandem_store::{PredictionEntry, PredictionStore};
+use futures::FutureExt;
+use tandem_store::{PredictionEntry, PredictionStore, StoreError};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -54,7 +56,17 @@ impl WriteBack {
                     }
                 }
                 let t = std::time::Instant::now();
-                let written = store.put_predictions(&buf).await;
+                // A store that panics fails this batch only: the task goes
+                // on writing the next ones.
+                let written = AssertUnwindSafe(store.put_predictions(&buf))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Backend {
+                            backend: "write-back",
+                            detail: "the store write panicked".into(),
+                        })
+                    });
                 crate::telemetry::stage("store_write", t.elapsed());
                 if let Err(e) = written {
                     crate::telemetry::error("store_unavailable");
@@ -98,5 +110,87 @@ impl WriteBack {
         if let Some(t) = task {
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tandem_core::{HealthThresholds, PredictionRecord, PredictionSource};
+    use tandem_store::Lookup;
+
+    use super::*;
+
+    /// Keeps what it is given; panics on a batch holding entity "boom".
+    #[derive(Default)]
+    struct Kept(StdMutex<Vec<String>>);
+
+    #[async_trait]
+    impl PredictionStore for Kept {
+        async fn get_predictions(
+            &self,
+            entities: &[String],
+        ) -> Result<Vec<Lookup<PredictionRecord>>, StoreError> {
+            Ok(entities
+                .iter()
+                .map(|e| Err(StoreError::NotFound { key: e.clone() }))
+                .collect())
+        }
+
+        async fn put_predictions(&self, entries: &[PredictionEntry]) -> Result<(), StoreError> {
+            assert!(
+                !entries.iter().any(|e| e.entity == "boom"),
+                "a bug in a store"
+            );
+            let mut kept = self.0.lock().unwrap();
+            kept.extend(entries.iter().map(|e| e.entity.clone()));
+            Ok(())
+        }
+
+        async fn delete_predictions(&self, _: &[String]) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn entry(entity: &str) -> PredictionEntry {
+        PredictionEntry {
+            entity: entity.into(),
+            record: PredictionRecord {
+                prediction: 1.0,
+                timestamp: 1.0,
+                values: None,
+                model: "m".into(),
+                version: 1,
+                source: PredictionSource::Realtime,
+                run_id: None,
+                digest: None,
+                inputs: None,
+            },
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_write_that_panics_fails_its_batch_and_the_writer_goes_on() {
+        let store = Arc::new(Kept::default());
+        let stats = Arc::new(Stats::new(60, HealthThresholds::default()));
+        let writer = WriteBack::start(store.clone(), 16, stats.clone());
+        assert!(writer.push(entry("boom")));
+        let waited = std::time::Instant::now();
+        while writer.pending() > 0 && waited.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            stats.snapshot().writes_failed,
+            1,
+            "the failed batch is counted"
+        );
+        assert!(writer.push(entry("fine")));
+        writer.flush().await;
+        assert_eq!(*store.0.lock().unwrap(), ["fine"]);
+        assert_eq!(writer.pending(), 0);
     }
 }
