@@ -17,13 +17,15 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, SystemTime};
 
+use futures::FutureExt;
 use serde::Serialize;
 use tandem_core::shard::Counter;
-use tandem_store::ActivityLog;
+use tandem_store::{ActivityLog, StoreError};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
@@ -334,7 +336,16 @@ async fn write_counts(log: Arc<dyn ActivityLog>, shared: Arc<Shared>, counts: Ar
             let now = SystemTime::now();
             let mut result = Ok(());
             for slice in pending.chunks(WRITE_SLICE) {
-                result = log.record_activity_counts(slice, now).await;
+                // A store that panics fails this write only: counting goes on.
+                result = AssertUnwindSafe(log.record_activity_counts(slice, now))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Backend {
+                            backend: "activity",
+                            detail: "the store write panicked".into(),
+                        })
+                    });
                 if result.is_err() {
                     break;
                 }
@@ -436,6 +447,48 @@ mod tests {
         // After the flush nothing more is taken, and it says so.
         activity.record(&["late".to_string()]);
         assert_eq!(activity.counts().dropped, 1);
+    }
+
+    /// Keeps counts; panics on a write that counts entity "boom".
+    #[derive(Default)]
+    struct Kept(SyncMutex<Vec<(String, u64)>>);
+
+    #[async_trait::async_trait]
+    impl ActivityLog for Kept {
+        async fn record_activity_counts(
+            &self,
+            counts: &[(String, u64)],
+            _: SystemTime,
+        ) -> Result<(), StoreError> {
+            assert!(!counts.iter().any(|(e, _)| e == "boom"), "a bug in a store");
+            self.0.lock().unwrap().extend_from_slice(counts);
+            Ok(())
+        }
+
+        async fn top_active(
+            &self,
+            _: usize,
+            _: Duration,
+            _: SystemTime,
+        ) -> Result<Vec<tandem_store::ActiveEntity>, StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_write_that_panics_is_counted_as_failed_and_counting_goes_on() {
+        let log = Arc::new(Kept::default());
+        let activity = Activity::start(log.clone(), ActivityConfig::default());
+        activity.record(&["boom".to_string()]);
+        let waited = std::time::Instant::now();
+        while activity.counts().failed == 0 && waited.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(activity.counts().failed, 1, "{:?}", activity.counts());
+        activity.record(&["fine".to_string(), "fine".to_string()]);
+        activity.flush().await;
+        assert_eq!(*log.0.lock().unwrap(), [("fine".to_string(), 2)]);
+        assert_eq!(activity.counts().recorded, 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
