@@ -17,15 +17,13 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, SystemTime};
 
-use futures::FutureExt;
 use serde::Serialize;
 use tandem_core::shard::Counter;
-use tandem_store::{ActivityLog, StoreError};
+use tandem_store::ActivityLog;
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
@@ -337,15 +335,11 @@ async fn write_counts(log: Arc<dyn ActivityLog>, shared: Arc<Shared>, counts: Ar
             let mut result = Ok(());
             for slice in pending.chunks(WRITE_SLICE) {
                 // A store that panics fails this write only: counting goes on.
-                result = AssertUnwindSafe(log.record_activity_counts(slice, now))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(StoreError::Backend {
-                            backend: "activity",
-                            detail: "the store write panicked".into(),
-                        })
-                    });
+                result = crate::error::unless_panicked(
+                    "activity",
+                    log.record_activity_counts(slice, now),
+                )
+                .await;
                 if result.is_err() {
                     break;
                 }
@@ -448,6 +442,8 @@ mod tests {
         activity.record(&["late".to_string()]);
         assert_eq!(activity.counts().dropped, 1);
     }
+
+    use tandem_store::StoreError;
 
     /// Keeps counts; panics on a write that counts entity "boom".
     #[derive(Default)]

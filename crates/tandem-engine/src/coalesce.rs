@@ -7,12 +7,11 @@
 //! everything queued by then. Under light load every lookup goes alone and
 //! at once; under heavy load lookups share round trips.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use tandem_core::{FeatureRow, PredictionRecord};
 use tandem_store::{FeatureStore, Lookup, PredictionEntry, PredictionStore, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -96,16 +95,8 @@ where
                 if !batch.is_empty() {
                     // A read that panics fails its own callers only, as a
                     // task of its own would: the loop goes on serving.
-                    let fut = AssertUnwindSafe(read(ids)).catch_unwind();
-                    in_flight.push(async move {
-                        let result = fut.await.unwrap_or_else(|_| {
-                            Err(StoreError::Backend {
-                                backend: "coalescer",
-                                detail: "the store read panicked".into(),
-                            })
-                        });
-                        (result, batch)
-                    });
+                    let fut = crate::error::unless_panicked("coalescer", read(ids));
+                    in_flight.push(async move { (fut.await, batch) });
                 }
             }
             else => return,

@@ -95,3 +95,23 @@ impl From<ModelError> for EngineError {
         }
     }
 }
+
+/// Runs a call into a store in a background task (a merged read, a
+/// write-back, an activity write) with a panic in it turned into an error
+/// of `who`: the task that made the call goes on serving, where the panic
+/// would otherwise end it and every later call with it.
+pub(crate) async fn unless_panicked<T>(
+    who: &'static str,
+    call: impl std::future::Future<Output = Result<T, tandem_store::StoreError>>,
+) -> Result<T, tandem_store::StoreError> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(tandem_store::StoreError::Backend {
+                backend: who,
+                detail: "the store call panicked".into(),
+            })
+        })
+}

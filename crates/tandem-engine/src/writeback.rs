@@ -1,12 +1,10 @@
 //! Writes real-time predictions to the store off the request path: a
 //! bounded queue drained by one task in batches, flushed at shutdown.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures::FutureExt;
-use tandem_store::{PredictionEntry, PredictionStore, StoreError};
+use tandem_store::{PredictionEntry, PredictionStore};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -58,15 +56,8 @@ impl WriteBack {
                 let t = std::time::Instant::now();
                 // A store that panics fails this batch only: the task goes
                 // on writing the next ones.
-                let written = AssertUnwindSafe(store.put_predictions(&buf))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(StoreError::Backend {
-                            backend: "write-back",
-                            detail: "the store write panicked".into(),
-                        })
-                    });
+                let written =
+                    crate::error::unless_panicked("write-back", store.put_predictions(&buf)).await;
                 crate::telemetry::stage("store_write", t.elapsed());
                 if let Err(e) = written {
                     crate::telemetry::error("store_unavailable");
@@ -120,7 +111,7 @@ mod tests {
 
     use async_trait::async_trait;
     use tandem_core::{HealthThresholds, PredictionRecord, PredictionSource};
-    use tandem_store::Lookup;
+    use tandem_store::{Lookup, StoreError};
 
     use super::*;
 
