@@ -285,6 +285,15 @@ mod tests {
         // Two reads are out: these two wait, and then share one.
         let c = ask_for("c");
         let d = ask_for("d");
+        // Both reach the queue (on a loaded machine their tasks may run late),
+        // unless a third read takes one of them.
+        let waited = std::time::Instant::now();
+        while tx.max_capacity() - tx.capacity() < 2
+            && started.lock().unwrap().len() == 2
+            && waited.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(started.lock().unwrap().len(), 2, "a third read went out");
         gate.add_permits(1);
