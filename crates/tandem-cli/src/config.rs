@@ -329,6 +329,9 @@ pub struct MemorySection {
     pub max_bytes: u64,
     /// Longest time a record stays in memory.
     pub max_ttl: String,
+    /// Longest time a record stays in memory while the store reports
+    /// changes (`0s`: never ask it to).
+    pub tracked_max_ttl: String,
 }
 
 impl Default for MemorySection {
@@ -336,6 +339,7 @@ impl Default for MemorySection {
         MemorySection {
             max_bytes: 256 << 20,
             max_ttl: "60s".into(),
+            tracked_max_ttl: "1h".into(),
         }
     }
 }
@@ -665,6 +669,7 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
         memory: MemoryTierConfig {
             max_bytes: config.memory.max_bytes,
             max_ttl: duration("memory.max_ttl", &config.memory.max_ttl)?,
+            tracked_max_ttl: duration("memory.tracked_max_ttl", &config.memory.tracked_max_ttl)?,
         },
         store_reads_in_flight: config.store.reads_in_flight,
         activity: tandem_engine::ActivityConfig {

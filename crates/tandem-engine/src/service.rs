@@ -209,6 +209,11 @@ impl Engine {
     ) -> Engine {
         let stats = Arc::new(Stats::new(config.health_window_secs, config.health));
         let memory = MemoryTier::new(config.memory);
+        if config.memory.tracked_max_ttl > config.memory.max_ttl {
+            // Records read from a store that reports changes are kept until
+            // they change rather than for `max_ttl`.
+            store.watch_predictions(memory.change_sink());
+        }
         let n = config.store_reads_in_flight;
         let reads: Arc<dyn tandem_store::PredictionStore> = if n > 0 {
             Arc::new(Coalescing::new(store.clone(), n))

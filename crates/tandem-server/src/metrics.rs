@@ -229,6 +229,9 @@ pub async fn render(State(state): State<AppState>) -> Response {
     metrics::gauge!("tandem_memory_tier_entries").set(entries as f64);
     metrics::gauge!("tandem_memory_tier_bytes").set(bytes as f64);
     metrics::gauge!("tandem_memory_tier_budget_bytes").set(memory.config().max_bytes as f64);
+    metrics::gauge!("tandem_memory_tier_tracking").set(if memory.tracking() { 1.0 } else { 0.0 });
+    metrics::counter!("tandem_memory_tier_changes_reported_total")
+        .absolute(memory.changes_reported());
     let t = e.tiers().counters();
     for (tier, result, v) in [
         ("memory", "hit", t.memory_hits),

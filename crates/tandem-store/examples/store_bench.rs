@@ -184,6 +184,7 @@ async fn main() {
             .and_then(|b| b.parse().ok())
             .unwrap_or(200_000_000),
         max_ttl: Duration::from_secs(3600),
+        ..MemoryTierConfig::default()
     });
     for e in &all {
         memory.insert(&e.entity, e.record.clone(), e.ttl);

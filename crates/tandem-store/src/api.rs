@@ -28,6 +28,19 @@ pub struct ActiveEntity {
     pub count: u64,
 }
 
+/// Told by a store which stored predictions any client changed, so that an
+/// in-process copy can be kept until it changes (the memory tier).
+pub trait ChangeSink: Send + Sync + 'static {
+    /// Changes are reported from now on, until [`ChangeSink::lost`].
+    fn live(&self);
+    /// These entities' records were written, deleted or expired.
+    fn changed(&self, entities: &[&str]);
+    /// Any record may have changed (the store was flushed).
+    fn changed_all(&self);
+    /// Changes are no longer reported (the connection dropped).
+    fn lost(&self);
+}
+
 /// Prediction records by entity, with TTLs.
 #[async_trait]
 pub trait PredictionStore: Send + Sync {
@@ -45,6 +58,15 @@ pub trait PredictionStore: Send + Sync {
 
     /// Deletes the records of `entities` (absent ones are ignored).
     async fn delete_predictions(&self, entities: &[String]) -> Result<(), StoreError>;
+
+    /// Starts reporting to `sink` the prediction records any client
+    /// changes, for as long as `sink` lives, and returns whether this store
+    /// can (standalone Redis can, by client-side caching; the default
+    /// cannot). Must be called inside a tokio runtime.
+    fn watch_predictions(&self, sink: std::sync::Weak<dyn ChangeSink>) -> bool {
+        let _ = sink;
+        false
+    }
 
     /// Writes records already encoded as
     /// [`crate::layout::encode_prediction`] encodes them (bulk writes, by

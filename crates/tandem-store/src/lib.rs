@@ -12,15 +12,20 @@ pub mod error;
 pub mod layout;
 pub mod memory;
 pub mod redis_store;
+mod tracking;
 
 use std::sync::Arc;
 
-pub use api::{ActiveEntity, ActivityLog, FeatureStore, PredictionEntry, PredictionStore, Store};
+pub use api::{
+    ActiveEntity, ActivityLog, ChangeSink, FeatureStore, PredictionEntry, PredictionStore, Store,
+};
 pub use config::{Backend, StoreOptions, StoreUrl};
 pub use embedded::EmbeddedStore;
 pub use error::{Lookup, StoreError};
 pub use layout::{EncodedRows, KeyLayout};
-pub use memory::{MemoryTier, MemoryTierConfig, Tier, TierCounters, TierLookup, TieredPredictions};
+pub use memory::{
+    MemoryTier, MemoryTierConfig, ReadTicket, Tier, TierCounters, TierLookup, TieredPredictions,
+};
 pub use redis_store::RedisStore;
 
 /// Opens the store a URL names (see [`config`]). Redis backends connect

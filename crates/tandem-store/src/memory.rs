@@ -7,9 +7,18 @@
 //! kept as integers. moka was measured first: its bookkeeping costs about
 //! 250 bytes per entry, so 1M cached predictions took 450 MB; the compact
 //! form here takes well under 200 MB (docs/benchmarks.md).
+//!
+//! A record read from a store that reports changes
+//! ([`PredictionStore::watch_predictions`]: standalone Redis, by client-side
+//! caching) is kept until the store says it changed, up to
+//! `tracked_max_ttl`, rather than for `max_ttl` only. While the store is not
+//! reporting (before it starts, after its connection drops, after a flush),
+//! every record falls back to `max_ttl`, counted from when it was cached.
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tandem_core::shard::Counter;
 
@@ -17,7 +26,7 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use tandem_core::{PredictionRecord, PredictionSource};
 
-use crate::api::{PredictionEntry, PredictionStore};
+use crate::api::{ChangeSink, PredictionEntry, PredictionStore};
 use crate::error::StoreError;
 
 /// Bytes charged per cached entry on top of the key's bytes and a record's
@@ -35,6 +44,10 @@ pub struct MemoryTierConfig {
     /// how long a replica can keep answering a record that another one has
     /// since replaced in the shared store.
     pub max_ttl: Duration,
+    /// Longest time a record read from a store that reports changes stays
+    /// in memory while the store is reporting (default 1 h); zero keeps
+    /// every record to `max_ttl` and asks no store for changes.
+    pub tracked_max_ttl: Duration,
 }
 
 impl Default for MemoryTierConfig {
@@ -42,6 +55,7 @@ impl Default for MemoryTierConfig {
         MemoryTierConfig {
             max_bytes: 256 << 20,
             max_ttl: Duration::from_secs(60),
+            tracked_max_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -61,6 +75,12 @@ struct Cached {
     version: u64,
     /// Milliseconds since the tier's epoch.
     expires_ms: u64,
+    /// For a record kept while the store reports changes: when it expires
+    /// once the store stops reporting (`max_ttl` after it was cached).
+    short_expires_ms: u64,
+    /// The reporting epoch it was cached in, 0 for a record kept for
+    /// `max_ttl` only.
+    epoch: u32,
     model: Arc<str>,
     run_id: Option<Arc<str>>,
     digest: Digest,
@@ -153,6 +173,54 @@ struct MemoryInner {
     config: MemoryTierConfig,
     epoch: Instant,
     interner: Interner,
+    watch: Watch,
+}
+
+/// Slots of change counts; an entity's changes bump the slot its id
+/// hashes to.
+const WATCH_SLOTS: usize = 4096;
+
+/// What the store has reported, as counters a read compares before and
+/// after (see [`ReadTicket`]).
+struct Watch {
+    /// The current reporting epoch, 0 while the store is not reporting.
+    live: AtomicU32,
+    /// The last epoch handed out.
+    last: AtomicU32,
+    /// Bumped whenever any record may have changed unreported.
+    all: AtomicU32,
+    /// Changes reported, per slot.
+    slots: Box<[AtomicU32]>,
+    /// Entities reported changed since start.
+    reported: AtomicU64,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            live: AtomicU32::new(0),
+            last: AtomicU32::new(0),
+            all: AtomicU32::new(0),
+            slots: (0..WATCH_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            reported: AtomicU64::new(0),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn slot(&self, entity: &str) -> &AtomicU32 {
+        &self.slots[(self.hasher.hash_one(entity) as usize) % WATCH_SLOTS]
+    }
+}
+
+/// The store's reporting state taken before a read is sent: a record the
+/// read returns is kept until it changes only if nothing was reported for
+/// its entity (and reporting did not stop or restart) in between.
+#[derive(Debug, Clone)]
+pub struct ReadTicket {
+    epoch: u32,
+    all: u32,
+    slots: Vec<u32>,
 }
 
 impl MemoryTier {
@@ -166,6 +234,7 @@ impl MemoryTier {
                 config,
                 epoch: Instant::now(),
                 interner: Interner::default(),
+                watch: Watch::new(),
             }),
         }
     }
@@ -174,25 +243,35 @@ impl MemoryTier {
         u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The record cached for `entity`, if any and not expired (an expired
-    /// one is dropped on the way).
-    pub fn get(&self, entity: &str) -> Option<PredictionRecord> {
+    /// Whether `cached` is still to be served at `now` (ms).
+    fn alive(&self, cached: &Cached, now: u64) -> bool {
+        now < cached.expires_ms
+            && (cached.epoch == 0
+                || now < cached.short_expires_ms
+                || cached.epoch == self.inner.watch.live.load(Ordering::Acquire))
+    }
+
+    /// The live record cached for `entity`; an expired one is dropped on
+    /// the way.
+    fn live_entry(&self, entity: &str) -> Option<Cached> {
         let cached = self.inner.cache.get(entity)?;
-        if cached.expires_ms <= self.now_ms() {
+        if !self.alive(&cached, self.now_ms()) {
             self.inner.cache.remove(entity);
             return None;
         }
-        Some(cached.record())
+        Some(cached)
+    }
+
+    /// The record cached for `entity`, if any and not expired (an expired
+    /// one is dropped on the way).
+    pub fn get(&self, entity: &str) -> Option<PredictionRecord> {
+        self.live_entry(entity).map(|c| c.record())
     }
 
     /// As [`MemoryTier::get`], without the record's input digest and run
     /// id (`None`): what an answer carries, without formatting the digest.
     pub fn get_for_answer(&self, entity: &str) -> Option<PredictionRecord> {
-        let cached = self.inner.cache.get(entity)?;
-        if cached.expires_ms <= self.now_ms() {
-            self.inner.cache.remove(entity);
-            return None;
-        }
+        let cached = self.live_entry(entity)?;
         Some(PredictionRecord {
             prediction: cached.prediction,
             timestamp: cached.timestamp,
@@ -212,13 +291,84 @@ impl MemoryTier {
         if ttl.is_zero() {
             return;
         }
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let expires_ms = self.now_ms().saturating_add(millis(ttl));
+        let cached = self.compact(record, expires_ms, expires_ms, 0);
+        self.inner.cache.insert(Box::from(entity), cached);
+    }
+
+    /// The reporting state before a read of `entities` is sent, for
+    /// [`MemoryTier::insert_read`].
+    pub fn ticket(&self, entities: &[String]) -> ReadTicket {
+        let w = &self.inner.watch;
+        let epoch = w.live.load(Ordering::SeqCst);
+        let all = w.all.load(Ordering::SeqCst);
+        let slots = if epoch == 0 {
+            Vec::new()
+        } else {
+            entities
+                .iter()
+                .map(|e| w.slot(e).load(Ordering::SeqCst))
+                .collect()
+        };
+        ReadTicket { epoch, all, slots }
+    }
+
+    /// Whether nothing that could concern `entity`, the `i`-th entity of
+    /// `ticket`'s read, was reported since the ticket was taken.
+    fn unchanged_since(&self, ticket: &ReadTicket, i: usize, entity: &str) -> bool {
+        let w = &self.inner.watch;
+        ticket.epoch != 0
+            && w.live.load(Ordering::SeqCst) == ticket.epoch
+            && w.all.load(Ordering::SeqCst) == ticket.all
+            && ticket.slots.get(i) == Some(&w.slot(entity).load(Ordering::SeqCst))
+    }
+
+    /// Caches a record a store read returned: until the store reports a
+    /// change (up to `tracked_max_ttl`) when it was reporting all along
+    /// since `ticket` was taken for the read (`i` is the entity's place in
+    /// it), for `max_ttl` otherwise.
+    pub fn insert_read(
+        &self,
+        entity: &str,
+        record: PredictionRecord,
+        ticket: &ReadTicket,
+        i: usize,
+    ) {
+        let config = &self.inner.config;
+        if config.tracked_max_ttl <= config.max_ttl || !self.unchanged_since(ticket, i, entity) {
+            self.insert(entity, record, config.max_ttl);
+            return;
+        }
+        let now = self.now_ms();
+        let cached = self.compact(
+            record,
+            now.saturating_add(millis(config.tracked_max_ttl)),
+            now.saturating_add(millis(config.max_ttl)),
+            ticket.epoch,
+        );
+        self.inner.cache.insert(Box::from(entity), cached);
+        // A change reported between the check and the insert was applied
+        // before the record was there to drop: drop it now.
+        if !self.unchanged_since(ticket, i, entity) {
+            self.inner.cache.remove_if(entity, |c| c.epoch != 0);
+        }
+    }
+
+    fn compact(
+        &self,
+        record: PredictionRecord,
+        expires_ms: u64,
+        short_expires_ms: u64,
+        epoch: u32,
+    ) -> Cached {
         let interner = &self.inner.interner;
-        let cached = Cached {
+        Cached {
             prediction: record.prediction,
             timestamp: record.timestamp,
             version: record.version,
-            expires_ms: self.now_ms().saturating_add(ttl_ms),
+            expires_ms,
+            short_expires_ms,
+            epoch,
             model: interner.intern(&record.model),
             run_id: record.run_id.as_ref().map(|r| interner.intern(r)),
             digest: match record.digest {
@@ -227,8 +377,24 @@ impl MemoryTier {
             },
             values: record.values.map(Vec::into_boxed_slice),
             source: record.source,
-        };
-        self.inner.cache.insert(Box::from(entity), cached);
+        }
+    }
+
+    /// A handle through which a store reports changes to this tier (it
+    /// does not keep the tier alive).
+    pub fn change_sink(&self) -> Weak<dyn ChangeSink> {
+        let weak: Weak<MemoryInner> = Arc::downgrade(&self.inner);
+        weak
+    }
+
+    /// Whether the store is reporting changes now.
+    pub fn tracking(&self) -> bool {
+        self.inner.watch.live.load(Ordering::Acquire) != 0
+    }
+
+    /// Entities the store has reported changed since start.
+    pub fn changes_reported(&self) -> u64 {
+        self.inner.watch.reported.load(Ordering::Relaxed)
     }
 
     /// Whether the tier holds, unexpired, a record for `entity` equal to
@@ -252,7 +418,7 @@ impl MemoryTier {
             }
             _ => false,
         };
-        cached.expires_ms > self.now_ms()
+        self.alive(&cached, self.now_ms())
             && (0.0..within.as_secs_f64()).contains(&age)
             && cached.prediction.to_bits() == record.prediction.to_bits()
             && cached.version == record.version
@@ -276,6 +442,44 @@ impl MemoryTier {
     /// The settings.
     pub fn config(&self) -> MemoryTierConfig {
         self.inner.config
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ChangeSink for MemoryInner {
+    fn live(&self) {
+        let w = &self.watch;
+        let epoch = w.last.fetch_add(1, Ordering::SeqCst).wrapping_add(1).max(1);
+        w.all.fetch_add(1, Ordering::SeqCst);
+        w.live.store(epoch, Ordering::SeqCst);
+    }
+
+    fn changed(&self, entities: &[&str]) {
+        self.watch
+            .reported
+            .fetch_add(entities.len() as u64, Ordering::Relaxed);
+        for entity in entities {
+            // The count first: a read that inserts after this sees it.
+            self.watch.slot(entity).fetch_add(1, Ordering::SeqCst);
+            // Records this server wrote itself (epoch 0) are kept to
+            // `max_ttl` as before: the store reports those writes too.
+            self.cache.remove_if(*entity, |c| c.epoch != 0);
+        }
+    }
+
+    fn changed_all(&self) {
+        // Records of the ending epoch fall back to `max_ttl`.
+        self.lost();
+        self.live();
+    }
+
+    fn lost(&self) {
+        let w = &self.watch;
+        w.live.store(0, Ordering::SeqCst);
+        w.all.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -440,6 +644,7 @@ impl TieredPredictions {
             return out;
         }
         let ids: Vec<String> = ask.iter().map(|(_, e)| e.clone()).collect();
+        let ticket = self.memory.ticket(&ids);
         let found = self.store.get_predictions(&ids).await;
         for (n, ((i, entity), in_memory)) in ask.into_iter().zip(stale_in_memory).enumerate() {
             let from_store = match &found {
@@ -456,11 +661,7 @@ impl TieredPredictions {
                             tier: Tier::Memory,
                         },
                         _ => {
-                            self.memory.insert(
-                                &entity,
-                                record.clone(),
-                                self.memory.config().max_ttl,
-                            );
+                            self.memory.insert_read(&entity, record.clone(), &ticket, n);
                             if fresh {
                                 TierLookup::Fresh {
                                     record,

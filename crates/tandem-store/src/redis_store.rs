@@ -20,13 +20,13 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, ProtocolVersion, RedisError, ServerErrorKind};
 use tandem_core::{FeatureRow, PredictionRecord};
 use tokio::sync::OnceCell;
 
 use crate::api::{
-    ActiveEntity, ActivityLog, FeatureStore, PredictionEntry, PredictionStore, Store, bucket_of,
-    buckets_in_window, top_k,
+    ActiveEntity, ActivityLog, ChangeSink, FeatureStore, PredictionEntry, PredictionStore, Store,
+    bucket_of, buckets_in_window, top_k,
 };
 use crate::config::{StoreOptions, redact};
 use crate::error::{Lookup, StoreError};
@@ -66,6 +66,9 @@ pub struct RedisStore {
     /// refuses scripts (ACLs without `@scripting`, servers without Lua);
     /// then as pipelines of `HINCRBY`.
     scripts: AtomicBool,
+    /// For standalone Redis, a client of the same server speaking RESP3,
+    /// for the connection that reports changes to the memory tier.
+    tracking: Option<redis::Client>,
 }
 
 impl RedisStore {
@@ -87,6 +90,12 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let tracking = redis::Client::open(info.set_redis_settings(resp3)).map_err(invalid)?;
         let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(invalid)?;
         let host = url.split_once("://").map_or(url, |(_, r)| r);
         let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
@@ -96,6 +105,7 @@ impl RedisStore {
             backend: "redis",
             description: format!("redis {}", host.trim_end_matches("#insecure")),
             scripts: AtomicBool::new(true),
+            tracking: Some(tracking),
         })
     }
 
@@ -138,6 +148,7 @@ impl RedisStore {
             backend: "redis-cluster",
             description: format!("redis-cluster {}", hosts.join(",")),
             scripts: AtomicBool::new(true),
+            tracking: None,
         })
     }
 
@@ -677,6 +688,22 @@ impl PredictionStore for RedisStore {
             .map(|e| self.options.layout.prediction_key(e))
             .collect();
         self.del_many(keys).await
+    }
+
+    fn watch_predictions(&self, sink: std::sync::Weak<dyn ChangeSink>) -> bool {
+        // A cluster would need a tracking connection per node, and moves of
+        // slots followed: not done, so a cluster's records stay to
+        // `memory.max_ttl`.
+        let Some(client) = &self.tracking else {
+            return false;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return false;
+        }
+        let layout = &self.options.layout;
+        let prefix = format!("{}{}", layout.namespace, layout.prediction_prefix);
+        crate::tracking::spawn(client.clone(), prefix, self.options.timeout, sink);
+        true
     }
 }
 

@@ -332,3 +332,77 @@ async fn activity_counts_fall_back_to_hincrby_when_scripts_are_refused() {
         assert_eq!(e.count, 2 * (i % 5 + 1), "{}", e.entity);
     }
 }
+
+/// Polls `check` every 20 ms for up to `secs` seconds.
+async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_tier_follows_changes_other_clients_make() {
+    use tandem_store::{MemoryTier, MemoryTierConfig, Tier, TierLookup};
+    let mut h = Redis::new();
+    let store = suite::Harness::store(&h);
+    let short = Duration::from_secs(1);
+    let memory = MemoryTier::new(MemoryTierConfig {
+        max_bytes: 1 << 20,
+        max_ttl: short,
+        tracked_max_ttl: Duration::from_secs(3600),
+    });
+    let tiers = tandem_store::TieredPredictions::new(memory.clone(), store.clone());
+    assert!(store.watch_predictions(memory.change_sink()));
+    eventually(10, "tracking on", || memory.tracking()).await;
+    let day = Duration::from_secs(86_400);
+    store
+        .put_predictions(&[suite::entry(1, day), suite::entry(2, day)])
+        .await
+        .unwrap();
+    // Those writes are reported too; a report that came after the read
+    // below would (rightly) drop what it cached.
+    eventually(5, "the writes reported", || memory.changes_reported() >= 2).await;
+    let ids = suite::ids(1..3);
+    let tier_of = |l: &TierLookup| match l {
+        TierLookup::Fresh { tier, record } => (*tier, record.prediction),
+        other => panic!("{other:?}"),
+    };
+    let got = tiers.get(&ids, day, std::time::SystemTime::now()).await;
+    assert_eq!(tier_of(&got[0]).0, Tier::Store);
+
+    // Past max_ttl, still from memory: nothing changed.
+    tokio::time::sleep(short + short / 2).await;
+    let got = tiers.get(&ids, day, std::time::SystemTime::now()).await;
+    assert_eq!(tier_of(&got[0]), (Tier::Memory, 0.001));
+    assert_eq!(tier_of(&got[1]).0, Tier::Memory);
+
+    // Another client rewrites e1 (another process's batch run): memory
+    // drops it at once and the next read has the new value.
+    let mut newer = suite::entry(1, day);
+    newer.record.prediction = 0.5;
+    let other = suite::Harness::store(&h);
+    other.put_predictions(&[newer]).await.unwrap();
+    eventually(5, "e1 dropped from memory", || memory.get("e1").is_none()).await;
+    assert!(memory.get("e2").is_some(), "only e1 changed");
+    let got = tiers.get(&ids, day, std::time::SystemTime::now()).await;
+    assert_eq!(tier_of(&got[0]), (Tier::Store, 0.5));
+    // A deletion is a change too.
+    other.delete_predictions(&["e2".into()]).await.unwrap();
+    eventually(5, "e2 dropped from memory", || memory.get("e2").is_none()).await;
+
+    // The server goes away: no more reports, so records fall back to
+    // max_ttl (e1 was cached under a second ago, and expires within one).
+    h.server.kill();
+    eventually(10, "tracking off", || !memory.tracking()).await;
+    eventually(5, "e1 back to max_ttl", || memory.get("e1").is_none()).await;
+    // Back: reports resume by themselves.
+    h.server.restart();
+    eventually(20, "tracking on again", || memory.tracking()).await;
+    let reported = memory.changes_reported();
+    assert!(reported >= 4, "{reported}");
+}

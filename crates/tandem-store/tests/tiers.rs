@@ -168,6 +168,7 @@ fn memory_is_bounded_by_its_byte_budget() {
     let memory = MemoryTier::new(MemoryTierConfig {
         max_bytes: budget,
         max_ttl: HOUR,
+        ..MemoryTierConfig::default()
     });
     for i in 0..100_000 {
         memory.insert(&format!("entity-{i}"), suite::record(i), HOUR);
@@ -185,6 +186,7 @@ fn memory_entries_expire_with_their_ttl() {
     let memory = MemoryTier::new(MemoryTierConfig {
         max_bytes: 1 << 20,
         max_ttl: HOUR,
+        ..MemoryTierConfig::default()
     });
     memory.insert("short", suite::record(1), Duration::from_millis(100));
     memory.insert("long", suite::record(2), HOUR);
@@ -196,6 +198,7 @@ fn memory_entries_expire_with_their_ttl() {
     let capped = MemoryTier::new(MemoryTierConfig {
         max_bytes: 1 << 20,
         max_ttl: Duration::from_millis(100),
+        ..MemoryTierConfig::default()
     });
     capped.insert("x", suite::record(3), HOUR);
     std::thread::sleep(Duration::from_millis(200));
@@ -210,6 +213,7 @@ fn memory_tells_whether_it_holds_the_same_record_made_recently() {
     let memory = MemoryTier::new(MemoryTierConfig {
         max_bytes: 1 << 20,
         max_ttl: HOUR,
+        ..MemoryTierConfig::default()
     });
     let second = Duration::from_secs(1);
     // Record 3 has a vector of values, record 1 a single value; both a
@@ -280,4 +284,115 @@ fn a_fresh_record_in_memory_is_taken_without_the_store_and_counted_once() {
     assert_eq!(tiers.fresh_in_memory("e3", HOUR, now, |_| false), None);
     let c = tiers.counters();
     assert_eq!((c.memory_hits, c.memory_misses, c.memory_stale), (1, 0, 0));
+}
+
+/// `max_ttl` of the tiers below: long enough that a loaded machine does
+/// not outlast it between two lines of a test.
+const SHORT: Duration = Duration::from_secs(1);
+
+/// A tier whose `max_ttl` is short, and whose records read while the store
+/// reports changes may stay an hour.
+fn tracked_tier() -> MemoryTier {
+    MemoryTier::new(MemoryTierConfig {
+        max_bytes: 1 << 20,
+        max_ttl: SHORT,
+        tracked_max_ttl: HOUR,
+    })
+}
+
+fn ids(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn records_read_while_changes_are_reported_stay_until_they_change() {
+    let memory = tracked_tier();
+    let sink = memory.change_sink().upgrade().unwrap();
+    assert!(!memory.tracking());
+    // Read before the store reports anything: max_ttl only.
+    let before = memory.ticket(&ids(&["early"]));
+    memory.insert_read("early", suite::record(0), &before, 0);
+    sink.live();
+    assert!(memory.tracking());
+    let names = ids(&["a", "b", "c"]);
+    let ticket = memory.ticket(&names);
+    for (i, name) in names.iter().enumerate() {
+        memory.insert_read(name, suite::record(i + 1), &ticket, i);
+    }
+    // Written by this server: max_ttl, and not dropped on a report (the
+    // store reports this server's own writes too).
+    memory.insert("own", suite::record(9), HOUR);
+    sink.changed(&["own"]);
+    assert!(memory.get("own").is_some());
+
+    std::thread::sleep(SHORT + SHORT / 2);
+    assert!(memory.get("early").is_none(), "read before reporting began");
+    assert!(memory.get("own").is_none(), "own writes keep max_ttl");
+    for name in &names {
+        assert!(memory.get(name).is_some(), "{name} outlived max_ttl");
+    }
+    // A reported change drops the record at once.
+    sink.changed(&["a"]);
+    assert!(memory.get("a").is_none());
+    assert!(memory.get("b").is_some());
+    assert_eq!(memory.changes_reported(), 2);
+
+    // Reporting stops: every record falls back to max_ttl from when it
+    // was cached, so b and c (cached longer than max_ttl ago) are gone.
+    sink.lost();
+    assert!(!memory.tracking());
+    assert!(memory.get("b").is_none());
+    // ... and stay gone when reporting starts again.
+    sink.live();
+    assert!(memory.get("c").is_none());
+}
+
+#[test]
+fn a_change_reported_while_a_read_is_out_keeps_its_record_short() {
+    let memory = tracked_tier();
+    let sink = memory.change_sink().upgrade().unwrap();
+    sink.live();
+    // A change reported between the read's start and its insert: the
+    // value read may be the old one.
+    let t = memory.ticket(&ids(&["d"]));
+    sink.changed(&["d"]);
+    memory.insert_read("d", suite::record(4), &t, 0);
+    // Reporting restarted while a read was out.
+    let t = memory.ticket(&ids(&["e"]));
+    sink.lost();
+    sink.live();
+    memory.insert_read("e", suite::record(5), &t, 0);
+    // A flush reported while a read was out.
+    let t = memory.ticket(&ids(&["f"]));
+    sink.changed_all();
+    memory.insert_read("f", suite::record(6), &t, 0);
+    // Nothing reported: kept.
+    let t = memory.ticket(&ids(&["g"]));
+    memory.insert_read("g", suite::record(7), &t, 0);
+    for name in ["d", "e", "f", "g"] {
+        assert!(memory.get(name).is_some(), "{name}");
+    }
+    std::thread::sleep(SHORT + SHORT / 2);
+    for name in ["d", "e", "f"] {
+        assert!(memory.get(name).is_none(), "{name} kept past max_ttl");
+    }
+    assert!(memory.get("g").is_some());
+    // A flush ends the epoch: g falls back to max_ttl too.
+    sink.changed_all();
+    assert!(memory.get("g").is_none());
+}
+
+#[test]
+fn without_a_tracked_ttl_above_max_ttl_reads_keep_max_ttl() {
+    let memory = MemoryTier::new(MemoryTierConfig {
+        max_bytes: 1 << 20,
+        max_ttl: SHORT,
+        tracked_max_ttl: Duration::ZERO,
+    });
+    let sink = memory.change_sink().upgrade().unwrap();
+    sink.live();
+    let t = memory.ticket(&ids(&["a"]));
+    memory.insert_read("a", suite::record(1), &t, 0);
+    std::thread::sleep(SHORT + SHORT / 2);
+    assert!(memory.get("a").is_none());
 }
