@@ -755,3 +755,45 @@ fn float_columns_are_stored_short_and_computed_on_as_the_same_inputs() {
         assert!(server.terminate().success());
     }
 }
+
+#[test]
+fn a_batch_rerun_is_served_at_once_and_memory_keeps_what_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let redis = loaded_redis(dir.path(), &repo);
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", &redis.url()],
+        &[("TANDEM__MEMORY__MAX_TTL", "1s")],
+    );
+    server.wait_for(10, "the store reporting changes", || {
+        server
+            .get("/metrics")
+            .body
+            .contains("tandem_memory_tier_tracking 1")
+    });
+    let first = server.get_ok("/v1/predict/e3");
+    assert_eq!(source(&first), "store", "{first}");
+    // Past memory.max_ttl: still memory, as nothing changed in the store.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let kept = server.get_ok("/v1/predict/e3");
+    assert_eq!(source(&kept), "memory", "{kept}");
+    assert_eq!(kept["prediction"], first["prediction"]);
+
+    // Another process writes a new prediction for e3 (a batch rerun with
+    // a new model): the next answers carry it, not the one in memory.
+    let newer = json!({"prediction": 0.875, "timestamp": now(), "model": "churn",
+                       "version": 1, "source": "batch"});
+    redis.command(&["SET", "pred:e3", &newer.to_string()]);
+    server.wait_for(5, "the new prediction served", || {
+        server.get_ok("/v1/predict/e3")["prediction"] == 0.875
+    });
+    let again = server.get_ok("/v1/predict/e3");
+    assert_eq!(source(&again), "memory", "{again}");
+    assert_eq!(again["prediction"], 0.875);
+    let m = server.get("/metrics").body;
+    let reported = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_memory_tier_changes_reported_total "))
+        .unwrap_or_else(|| panic!("no changes counted in\n{m}"));
+    assert!(reported.trim().parse::<f64>().unwrap() >= 1.0, "{reported}");
+}
