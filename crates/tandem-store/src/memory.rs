@@ -75,11 +75,10 @@ struct Cached {
     version: u64,
     /// Milliseconds since the tier's epoch.
     expires_ms: u64,
-    /// For a record kept while the store reports changes: when it expires
-    /// once the store stops reporting (`max_ttl` after it was cached).
-    short_expires_ms: u64,
     /// The reporting epoch it was cached in, 0 for a record kept for
-    /// `max_ttl` only.
+    /// `max_ttl` only. Such a record expires at `tracked_max_ttl` after it
+    /// was cached, or at `max_ttl` after once the epoch has ended. (It
+    /// fits in the padding after `source`: no byte more per entry.)
     epoch: u32,
     model: Arc<str>,
     run_id: Option<Arc<str>>,
@@ -247,8 +246,18 @@ impl MemoryTier {
     fn alive(&self, cached: &Cached, now: u64) -> bool {
         now < cached.expires_ms
             && (cached.epoch == 0
-                || now < cached.short_expires_ms
-                || cached.epoch == self.inner.watch.live.load(Ordering::Acquire))
+                || cached.epoch == self.inner.watch.live.load(Ordering::Acquire)
+                || now < self.short_expiry(cached))
+    }
+
+    /// When a record cached while the store reported changes expires once
+    /// the store has stopped: `max_ttl` after it was cached.
+    fn short_expiry(&self, cached: &Cached) -> u64 {
+        let config = &self.inner.config;
+        (cached
+            .expires_ms
+            .saturating_sub(millis(config.tracked_max_ttl)))
+        .saturating_add(millis(config.max_ttl))
     }
 
     /// The live record cached for `entity`; an expired one is dropped on
@@ -292,7 +301,7 @@ impl MemoryTier {
             return;
         }
         let expires_ms = self.now_ms().saturating_add(millis(ttl));
-        let cached = self.compact(record, expires_ms, expires_ms, 0);
+        let cached = self.compact(record, expires_ms, 0);
         self.inner.cache.insert(Box::from(entity), cached);
     }
 
@@ -339,13 +348,8 @@ impl MemoryTier {
             self.insert(entity, record, config.max_ttl);
             return;
         }
-        let now = self.now_ms();
-        let cached = self.compact(
-            record,
-            now.saturating_add(millis(config.tracked_max_ttl)),
-            now.saturating_add(millis(config.max_ttl)),
-            ticket.epoch,
-        );
+        let expires_ms = self.now_ms().saturating_add(millis(config.tracked_max_ttl));
+        let cached = self.compact(record, expires_ms, ticket.epoch);
         self.inner.cache.insert(Box::from(entity), cached);
         // A change reported between the check and the insert was applied
         // before the record was there to drop: drop it now.
@@ -354,20 +358,13 @@ impl MemoryTier {
         }
     }
 
-    fn compact(
-        &self,
-        record: PredictionRecord,
-        expires_ms: u64,
-        short_expires_ms: u64,
-        epoch: u32,
-    ) -> Cached {
+    fn compact(&self, record: PredictionRecord, expires_ms: u64, epoch: u32) -> Cached {
         let interner = &self.inner.interner;
         Cached {
             prediction: record.prediction,
             timestamp: record.timestamp,
             version: record.version,
             expires_ms,
-            short_expires_ms,
             epoch,
             model: interner.intern(&record.model),
             run_id: record.run_id.as_ref().map(|r| interner.intern(r)),
@@ -718,5 +715,21 @@ impl TieredPredictions {
             store_misses: load(&c.store_misses),
             store_errors: load(&c.store_errors),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_record_is_no_larger_for_its_reporting_epoch() {
+        // The epoch sits in the padding after `source`; ENTRY_OVERHEAD was
+        // calibrated with records of this size.
+        assert!(
+            std::mem::size_of::<Cached>() <= 112,
+            "{}",
+            std::mem::size_of::<Cached>()
+        );
     }
 }
