@@ -57,6 +57,15 @@ async fn run(client: redis::Client, prefix: String, timeout: Duration, sink: Wea
                      records fall back to memory.max_ttl until it reconnects"
                 );
             }
+            Err(e) if !transient(&e) => {
+                // An old server (before 6.0), or ACLs that refuse the
+                // command: asking again will not help.
+                tracing::warn!(
+                    "the store cannot report changes ({e}); memory keeps records for \
+                     memory.max_ttl"
+                );
+                return;
+            }
             Err(e) => {
                 if !warned {
                     tracing::warn!(
@@ -70,6 +79,23 @@ async fn run(client: redis::Client, prefix: String, timeout: Duration, sink: Wea
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_PAUSE);
     }
+}
+
+/// Whether a failed connection attempt is worth repeating.
+fn transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::TryAgain
+            )
+        )
 }
 
 /// Set, and notified, by the connection when it drops.

@@ -406,3 +406,54 @@ async fn the_memory_tier_follows_changes_other_clients_make() {
     let reported = memory.changes_reported();
     assert!(reported >= 4, "{reported}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_tracking_leaves_records_to_max_ttl() {
+    use tandem_store::{MemoryTier, MemoryTierConfig, TieredPredictions};
+    let h = Redis::new();
+    // A user allowed everything but CLIENT (as some managed services set
+    // up their ACLs).
+    let reply = h.server.command(&[
+        "ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-client",
+    ]);
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let url = h.server.url().replace("redis://", "redis://app:pw@");
+    let store = tandem_store::open(&url).unwrap();
+    let short = Duration::from_secs(1);
+    let memory = MemoryTier::new(MemoryTierConfig {
+        max_bytes: 1 << 20,
+        max_ttl: short,
+        tracked_max_ttl: Duration::from_secs(3600),
+    });
+    let tiers = TieredPredictions::new(memory.clone(), store.clone());
+    assert!(store.watch_predictions(memory.change_sink()));
+    let day = Duration::from_secs(86_400);
+    store
+        .put_predictions(&[suite::entry(1, day)])
+        .await
+        .unwrap();
+    let ids = suite::ids(1..2);
+    let got = tiers.get(&ids, day, std::time::SystemTime::now()).await;
+    assert!(
+        matches!(got[0], tandem_store::TierLookup::Fresh { .. }),
+        "{got:?}"
+    );
+    assert!(memory.get("e1").is_some());
+    tokio::time::sleep(short + short / 2).await;
+    assert!(!memory.tracking());
+    assert!(memory.get("e1").is_none(), "kept past max_ttl untracked");
+    // Refused once, not asked again (a retry would have come within
+    // 100-800 ms).
+    let log = h.server.command(&["ACL", "LOG"]);
+    let refusals = log
+        .split_once("count\r\n:")
+        .and_then(|(_, rest)| rest.split("\r\n").next())
+        .unwrap_or_else(|| panic!("no refusal logged: {log}"));
+    assert_eq!(refusals, "1", "{log}");
+    // The store itself works as before.
+    let got = tiers.get(&ids, day, std::time::SystemTime::now()).await;
+    assert!(
+        matches!(got[0], tandem_store::TierLookup::Fresh { .. }),
+        "{got:?}"
+    );
+}
