@@ -247,6 +247,17 @@ fn load_errors_exit_2_with_the_reason() {
     let out = tandem(&["models", "inspect", "/nonexistent/model.onnx"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent/model.onnx"));
+    // A graph that makes the ONNX runtime panic: the same clean exit.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("model.onnx");
+    tandem_testing::write_panicking_onnx(&bad, 8);
+    let out = tandem(&["models", "inspect", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("panicked while preparing the graph"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

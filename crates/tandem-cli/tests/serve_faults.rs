@@ -355,3 +355,47 @@ fn a_busy_model_falls_back_to_stale_past_the_deadline_and_refuses_when_full() {
         "{a}"
     );
 }
+
+#[test]
+fn a_version_that_makes_the_runtime_panic_is_refused_and_later_ones_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let store = dir.path().join("t.redb");
+    let csv = dir.path().join("f.csv");
+    write_csv(&csv, 0..10);
+    tandem_ok(&["materialize", "--input", s(&csv), "--store", s(&store)]);
+    let server = Serve::start(
+        &["--model", s(&repo), "--store", s(&store)],
+        &[("TANDEM__MODELS__POLL_INTERVAL", "100ms")],
+    );
+    // Version 2: the 8 features the sidecar names, and a graph that makes
+    // tract panic while the poller prepares it.
+    let incoming = repo.join("churn/.incoming-2");
+    std::fs::create_dir_all(&incoming).unwrap();
+    tandem_testing::write_panicking_onnx(&incoming.join("model.onnx"), 8);
+    std::fs::copy(
+        fixture("xgboost_regressor").join("model.toml"),
+        incoming.join("model.toml"),
+    )
+    .unwrap();
+    std::fs::rename(&incoming, repo.join("churn/2")).unwrap();
+    server.wait_for(30, "the failure of version 2 to be reported", || {
+        server.get_ok("/v1/stats")["model_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| {
+                e["kind"] == "failed"
+                    && e.to_string().contains("panicked while preparing the graph")
+            })
+    });
+    let a = server.get_ok("/v1/predict/e5?mode=realtime_only");
+    assert_eq!(a["version"], 1, "{a}");
+    // The poller is still there: version 3 loads and is served.
+    add_version(&repo, "churn", 3, "lightgbm_regressor");
+    server.wait_for(30, "version 3 to be served", || {
+        server.get_ok("/v1/models/churn")["model_version_status"][0]["version"] == "3"
+    });
+    let a = server.get_ok("/v1/predict/e5?mode=realtime_only");
+    assert_eq!(a["version"], 3, "{a}");
+}

@@ -170,7 +170,33 @@ impl Model {
     }
 
     /// Loads an `.onnx` file with an explicit name, version and config.
+    ///
+    /// A malformed graph can make tract panic while it is analysed or
+    /// optimised (an out-of-range axis or permutation, a zero step): that is
+    /// a [`ModelError::Compile`] here, never a panic for the caller, so a
+    /// process loading at start exits with a message and the repository
+    /// poller keeps serving the version it has.
     pub fn load_with(
+        path: &Path,
+        name: String,
+        version: u64,
+        config: &ModelConfig,
+    ) -> Result<Model, ModelError> {
+        let load = std::panic::AssertUnwindSafe(|| Model::prepare(path, name, version, config));
+        std::panic::catch_unwind(load).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(ModelError::Compile {
+                path: path.to_path_buf(),
+                detail: format!("the ONNX runtime panicked while preparing the graph: {what}"),
+            })
+        })
+    }
+
+    fn prepare(
         path: &Path,
         name: String,
         version: u64,

@@ -223,3 +223,20 @@ fn one_model_serves_many_threads_at_once() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn a_graph_that_makes_the_runtime_panic_is_a_compile_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.onnx");
+    tandem_testing::write_panicking_onnx(&path, 4);
+    let err = Model::load(&path).unwrap_err();
+    match &err {
+        ModelError::Compile { path: p, detail } => {
+            assert_eq!(p, &path);
+            assert!(detail.contains("panicked"), "{detail}");
+        }
+        other => panic!("expected Compile, got {other}"),
+    }
+    // The process goes on: a good model loads after it.
+    assert!(Model::load(fixtures().join("models/xgboost_regressor/1/model.onnx")).is_ok());
+}

@@ -404,3 +404,69 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free loopback port")
 }
+
+/// Writes a well-formed ONNX file, of one input `x` of `[N, width]`
+/// floats, whose graph makes tract panic while it prepares it: a
+/// `Transpose` whose permutation names an axis the input does not have
+/// (tract indexes its axes with it). For the tests of load errors.
+pub fn write_panicking_onnx(path: &Path, width: usize) {
+    use prost::Message;
+    use tensor_shape_proto::dimension::Value as Dim;
+    use tract_onnx::pb::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+        TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+    };
+    let dim = |d: Dim| tensor_shape_proto::Dimension {
+        value: Some(d),
+        ..Default::default()
+    };
+    let input = ValueInfoProto {
+        name: "x".into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1, // FLOAT
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        dim(Dim::DimParam("N".into())),
+                        dim(Dim::DimValue(width as i64)),
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let transpose = NodeProto {
+        op_type: "Transpose".into(),
+        name: "transpose".into(),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        attribute: vec![AttributeProto {
+            name: "perm".into(),
+            r#type: 7, // INTS
+            ints: vec![5, 0],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        producer_name: "tandem-testing".into(),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(GraphProto {
+            name: "panics".into(),
+            node: vec![transpose],
+            input: vec![input],
+            output: vec![ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
