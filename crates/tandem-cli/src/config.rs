@@ -332,6 +332,11 @@ pub struct MemorySection {
     /// Longest time a record stays in memory while the store reports
     /// changes (`0s`: never ask it to).
     pub tracked_max_ttl: String,
+    /// At start, the stored predictions of this many of the most active
+    /// entities are loaded into memory before the server listens (0: none).
+    pub preload: usize,
+    /// How far back activity counts for `preload`.
+    pub preload_lookback: String,
 }
 
 impl Default for MemorySection {
@@ -340,6 +345,8 @@ impl Default for MemorySection {
             max_bytes: 256 << 20,
             max_ttl: "60s".into(),
             tracked_max_ttl: "1h".into(),
+            preload: 0,
+            preload_lookback: "1h".into(),
         }
     }
 }
@@ -434,6 +441,9 @@ pub struct ServeSettings {
     pub sla: SlaTargets,
     /// Their window.
     pub sla_window: Duration,
+    /// `memory.preload` entities over `memory.preload_lookback` (`None`:
+    /// no preload).
+    pub preload: Option<(usize, Duration)>,
 }
 
 /// When a scheduled job runs.
@@ -694,9 +704,14 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
     if sla_window.as_secs() < 10 || sla_window.as_secs() > 3600 {
         bail!("config key sla.window: must be between 10s and 1h");
     }
+    let lookback = duration("memory.preload_lookback", &config.memory.preload_lookback)?;
+    if config.memory.preload > 0 && lookback.is_zero() {
+        bail!("config key memory.preload_lookback: must be more than 0s");
+    }
     Ok(ServeSettings {
         sla,
         sla_window,
+        preload: (config.memory.preload > 0).then_some((config.memory.preload, lookback)),
         listen,
         model_path,
         poll_interval: (!poll.is_zero()).then_some(poll),
@@ -760,6 +775,20 @@ mod tests {
             )
             .map_err(|e| e.to_string())?;
             assert_eq!(s.config.store.url, "x.redb");
+
+            // memory.preload: off by default; a count and its lookback.
+            let s = load(Some(Path::new("t.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(s.preload, None);
+            jail.set_env("TANDEM__MEMORY__PRELOAD", "1000");
+            jail.set_env("TANDEM__MEMORY__PRELOAD_LOOKBACK", "30m");
+            let s = load(Some(Path::new("t.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(s.preload, Some((1000, Duration::from_secs(1800))));
+            jail.set_env("TANDEM__MEMORY__PRELOAD_LOOKBACK", "0s");
+            let e = load(Some(Path::new("t.toml")), &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("memory.preload_lookback"), "{e}");
+            jail.set_env("TANDEM__MEMORY__PRELOAD", "0");
 
             jail.set_env("TANDEM__HYBRID__DEADLINE", "soon");
             let e = load(Some(Path::new("t.toml")), &flags)

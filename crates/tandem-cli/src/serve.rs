@@ -165,6 +165,20 @@ async fn run(
         store,
         features,
     ));
+    if let Some((k, lookback)) = settings.preload {
+        // Before listening, so that a replica that joins (a rolling restart)
+        // answers its most active entities from memory from the start.
+        let started = std::time::Instant::now();
+        match engine.preload_memory(k, lookback).await {
+            Ok(n) => tracing::info!(
+                loaded = n,
+                asked = k,
+                took_ms = started.elapsed().as_millis() as u64,
+                "memory preloaded with the most active entities' predictions"
+            ),
+            Err(e) => tracing::warn!("memory not preloaded: {e}"),
+        }
+    }
     crate::release_free_memory();
 
     let listener = tokio::net::TcpListener::bind(settings.listen)

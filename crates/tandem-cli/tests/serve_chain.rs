@@ -797,3 +797,35 @@ fn a_batch_rerun_is_served_at_once_and_memory_keeps_what_did_not_change() {
         .unwrap_or_else(|| panic!("no changes counted in\n{m}"));
     assert!(reported.trim().parse::<f64>().unwrap() >= 1.0, "{reported}");
 }
+
+#[test]
+fn a_replica_that_starts_preloads_its_most_active_entities_into_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = churn_repo(dir.path());
+    let redis = loaded_redis(dir.path(), &repo);
+    // A first replica's requests make e1, e2 and e3 the most active.
+    let first = Serve::start(&["--model", s(&repo), "--store", &redis.url()], &[]);
+    for (id, n) in [("e1", 5), ("e2", 4), ("e3", 3), ("e40", 1)] {
+        for _ in 0..n {
+            first.get_ok(&format!("/v1/predict/{id}"));
+        }
+    }
+    assert!(first.terminate().success());
+
+    // The next replica loads their predictions before it listens.
+    let second = Serve::start(
+        &["--model", s(&repo), "--store", &redis.url()],
+        &[("TANDEM__MEMORY__PRELOAD", "3")],
+    );
+    for id in ["e1", "e2", "e3"] {
+        let a = second.get_ok(&format!("/v1/predict/{id}"));
+        assert_eq!(source(&a), "memory", "{id}: {a}");
+    }
+    let a = second.get_ok("/v1/predict/e40");
+    assert_eq!(source(&a), "store", "e40 was not among the 3: {a}");
+    assert!(
+        second.log().contains("memory preloaded"),
+        "{}",
+        second.log()
+    );
+}

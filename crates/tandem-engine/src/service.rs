@@ -267,6 +267,19 @@ impl Engine {
         &self.tiers
     }
 
+    /// Loads into memory the stored predictions of the `k` entities with
+    /// the most requests over `lookback` (the activity log); returns how
+    /// many were stored. For a replica that starts: it then answers its
+    /// most active entities from memory from the first request.
+    pub async fn preload_memory(&self, k: usize, lookback: Duration) -> Result<usize, StoreError> {
+        let top = self
+            .store
+            .top_active(k, lookback, SystemTime::now())
+            .await?;
+        let ids: Vec<String> = top.into_iter().map(|a| a.entity).collect();
+        self.tiers.preload(&ids).await
+    }
+
     /// The model batcher (for its queue depth).
     pub fn batcher(&self) -> &Batcher {
         &self.batcher

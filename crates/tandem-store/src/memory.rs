@@ -693,6 +693,24 @@ impl TieredPredictions {
         out
     }
 
+    /// Reads the stored records of `entities` into memory (as a read would,
+    /// [`MemoryTier::insert_read`]) without answering or counting lookups;
+    /// returns how many were found.
+    pub async fn preload(&self, entities: &[String]) -> Result<usize, StoreError> {
+        let mut loaded = 0;
+        for chunk in entities.chunks(crate::redis_store::CHUNK) {
+            let ticket = self.memory.ticket(chunk);
+            let found = self.store.get_predictions(chunk).await?;
+            for (i, (entity, record)) in chunk.iter().zip(found).enumerate() {
+                if let Ok(record) = record {
+                    self.memory.insert_read(entity, record, &ticket, i);
+                    loaded += 1;
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
     /// Writes records to memory and to the store. Memory is written even
     /// when the store fails, and the store's error is returned.
     pub async fn put(&self, entries: &[PredictionEntry]) -> Result<(), StoreError> {
