@@ -815,8 +815,14 @@ fn a_replica_that_starts_preloads_its_most_active_entities_into_memory() {
     // The next replica loads their predictions before it listens.
     let second = Serve::start(
         &["--model", s(&repo), "--store", &redis.url()],
-        &[("TANDEM__MEMORY__PRELOAD", "3")],
+        &[
+            ("TANDEM__MEMORY__PRELOAD", "3"),
+            ("TANDEM__MEMORY__MAX_TTL", "1s"),
+        ],
     );
+    // Past memory.max_ttl: preloaded while the store reports changes, so
+    // kept until they change.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     for id in ["e1", "e2", "e3"] {
         let a = second.get_ok(&format!("/v1/predict/{id}"));
         assert_eq!(source(&a), "memory", "{id}: {a}");

@@ -163,6 +163,8 @@ pub struct Engine {
     stats: Arc<Stats>,
     jobs: crate::jobs::JobBoard,
     in_flight: tandem_core::shard::UpDown,
+    /// Whether the store was asked to report changes to the memory tier.
+    tracked: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -209,11 +211,10 @@ impl Engine {
     ) -> Engine {
         let stats = Arc::new(Stats::new(config.health_window_secs, config.health));
         let memory = MemoryTier::new(config.memory);
-        if config.memory.tracked_max_ttl > config.memory.max_ttl {
-            // Records read from a store that reports changes are kept until
-            // they change rather than for `max_ttl`.
-            store.watch_predictions(memory.change_sink());
-        }
+        // Records read from a store that reports changes are kept until
+        // they change rather than for `max_ttl`.
+        let tracked = config.memory.tracked_max_ttl > config.memory.max_ttl
+            && store.watch_predictions(memory.change_sink());
         let n = config.store_reads_in_flight;
         let reads: Arc<dyn tandem_store::PredictionStore> = if n > 0 {
             Arc::new(Coalescing::new(store.clone(), n))
@@ -244,6 +245,7 @@ impl Engine {
             stats,
             jobs: crate::jobs::JobBoard::default(),
             in_flight: tandem_core::shard::UpDown::default(),
+            tracked,
         }
     }
 
@@ -276,6 +278,15 @@ impl Engine {
             .store
             .top_active(k, lookback, SystemTime::now())
             .await?;
+        // Records read before the store reports changes keep `max_ttl`
+        // only: give the reporting connection a moment to come up.
+        let waited = std::time::Instant::now();
+        while self.tracked
+            && !self.tiers.memory().tracking()
+            && waited.elapsed() < Duration::from_secs(2)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let ids: Vec<String> = top.into_iter().map(|a| a.entity).collect();
         self.tiers.preload(&ids).await
     }
