@@ -202,6 +202,8 @@ pub struct ServerSection {
     pub listen: String,
     /// Largest request body in bytes.
     pub body_limit_bytes: usize,
+    /// Async worker threads (HTTP, store clients); 0: one per core.
+    pub workers: usize,
 }
 
 impl Default for ServerSection {
@@ -209,9 +211,14 @@ impl Default for ServerSection {
         ServerSection {
             listen: "127.0.0.1:8080".into(),
             body_limit_bytes: 4 << 20,
+            workers: 0,
         }
     }
 }
+
+/// The most async worker threads `server.workers` takes (tokio's own
+/// limit is far above; more than this is a typo).
+const MAX_WORKERS: usize = 1024;
 
 /// `[models]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -444,6 +451,8 @@ pub struct ServeSettings {
     /// `memory.preload` entities over `memory.preload_lookback` (`None`:
     /// no preload).
     pub preload: Option<(usize, Duration)>,
+    /// Async worker threads (`None`: one per core).
+    pub workers: Option<usize>,
 }
 
 /// When a scheduled job runs.
@@ -577,6 +586,13 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
     if config.server.body_limit_bytes < 1024 {
         bail!("config key server.body_limit_bytes: must be at least 1024");
     }
+    if config.server.workers > MAX_WORKERS {
+        bail!(
+            "config key server.workers: {} is more than {MAX_WORKERS} (0: one per core)",
+            config.server.workers
+        );
+    }
+    let workers = (config.server.workers > 0).then_some(config.server.workers);
     let model_path = config
         .models
         .path
@@ -712,6 +728,7 @@ fn validate(config: Config) -> anyhow::Result<ServeSettings> {
         sla,
         sla_window,
         preload: (config.memory.preload > 0).then_some((config.memory.preload, lookback)),
+        workers,
         listen,
         model_path,
         poll_interval: (!poll.is_zero()).then_some(poll),
@@ -789,6 +806,23 @@ mod tests {
                 .to_string();
             assert!(e.contains("memory.preload_lookback"), "{e}");
             jail.set_env("TANDEM__MEMORY__PRELOAD", "0");
+
+            // server.workers: one per core by default (0); a count; a bound.
+            assert_eq!(s.workers, None);
+            jail.set_env("TANDEM__SERVER__WORKERS", "1");
+            let s = load(Some(Path::new("t.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(s.workers, Some(1));
+            jail.set_env("TANDEM__SERVER__WORKERS", "100000");
+            let e = load(Some(Path::new("t.toml")), &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("server.workers"), "{e}");
+            jail.set_env("TANDEM__SERVER__WORKERS", "-1");
+            let e = load(Some(Path::new("t.toml")), &flags)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("workers"), "{e}");
+            jail.set_env("TANDEM__SERVER__WORKERS", "0");
 
             jail.set_env("TANDEM__HYBRID__DEADLINE", "soon");
             let e = load(Some(Path::new("t.toml")), &flags)

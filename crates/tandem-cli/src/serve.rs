@@ -94,7 +94,11 @@ pub fn serve_with(args: ServeArgs, on_listening: Option<OnListening>) -> anyhow:
         if args.quiet { "warn" } else { "info" },
         &settings.config.tracing,
     )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.workers {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

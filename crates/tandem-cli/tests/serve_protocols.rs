@@ -727,6 +727,7 @@ fn stats_and_sla_report_latency_errors_and_the_source_mix() {
         &[
             ("TANDEM__SLA__P99_MS", "0.001"),
             ("TANDEM__SLA__WINDOW", "1m"),
+            ("TANDEM__SERVER__WORKERS", "3"),
         ],
     );
     // An idle server meets every target.
@@ -767,6 +768,9 @@ fn stats_and_sla_report_latency_errors_and_the_source_mix() {
         "memory hits 15 of 21 lookups: {st}"
     );
     assert_eq!(st["health"]["status"], "healthy", "{st}");
+    // server.workers sets the async workers, whatever the core count.
+    assert_eq!(st["threads"]["async_workers"], 3, "{st}");
+    assert_eq!(st["threads"]["model"], 1, "{st}");
 
     let sla = server.get_ok("/v1/sla");
     assert_eq!(sla["met"], false, "{sla}");

@@ -254,6 +254,10 @@ async fn stats(State(state): State<AppState>) -> Response {
         "cost": cost_now(&state),
         "activity": e.activity(),
         "jobs": e.jobs().snapshot(),
+        "threads": {
+            "async_workers": tokio::runtime::Handle::current().metrics().num_workers(),
+            "model": e.config().batcher.num_batch_threads.max(1),
+        },
     }))
     .into_response()
 }
