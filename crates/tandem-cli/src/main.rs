@@ -92,6 +92,21 @@ enum Command {
     Advise(cost::AdviseArgs),
 }
 
+/// An error and its causes on one line, each cause once: most of
+/// tandem's errors already say their cause in their own message (`model:
+/// model file not found: PATH`), which `{:#}` would repeat after it.
+fn message(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -111,9 +126,46 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", message(&err));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    /// An error whose message says its cause, as thiserror's
+    /// `#[error("model: {0}")]` with `#[from]` makes them.
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "model: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::other("file not found: m.onnx");
+        // A cause the message already says is not repeated.
+        let e = anyhow::Error::from(Wrapper(io()));
+        assert_eq!(super::message(&e), "model: file not found: m.onnx");
+        // A context adds its cause.
+        let e = anyhow::Error::from(io()).context("cannot start");
+        assert_eq!(super::message(&e), "cannot start: file not found: m.onnx");
+        // Both.
+        let e = anyhow::Error::from(Wrapper(io())).context("cannot start");
+        assert_eq!(
+            super::message(&e),
+            "cannot start: model: file not found: m.onnx"
+        );
     }
 }
 

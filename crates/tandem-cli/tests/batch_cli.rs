@@ -885,3 +885,54 @@ async fn a_job_file_describes_the_run_and_flags_override_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("ttl"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_model_that_panics_while_scoring_fails_the_run_with_one_clear_error() {
+    // tract panics on this model's rows whose values are not 0-3
+    // (tandem_testing::write_scoring_panic_onnx).
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    tandem_testing::write_scoring_panic_onnx(&model, 2);
+    let write = |path: &Path, bad: Option<usize>| {
+        let mut csv = String::from("entity_id,a,b\n");
+        for i in 0..5000 {
+            let a = if Some(i) == bad { 9 } else { i % 4 };
+            csv.push_str(&format!("e{i},{a},{}\n", (i + 1) % 4));
+        }
+        std::fs::write(path, csv).unwrap();
+    };
+    let (bad, good) = (dir.path().join("bad.csv"), dir.path().join("good.csv"));
+    write(&bad, Some(4000));
+    write(&good, None);
+    let store = dir.path().join("s.redb");
+    let run = |input: &Path| {
+        tandem(&[
+            "batch",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let out = run(&bad);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.contains("index out of bounds"), "{line}");
+    assert_eq!(
+        line.matches("the ONNX runtime panicked while scoring")
+            .count(),
+        1,
+        "said once: {line}"
+    );
+    // The same model scores a file without such a row.
+    let out = run(&good);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(summary(&out)["rows_scored"], 5000, "{}", text(&out.stdout));
+}

@@ -399,3 +399,37 @@ fn a_version_that_makes_the_runtime_panic_is_refused_and_later_ones_still_load()
     let a = server.get_ok("/v1/predict/e5?mode=realtime_only");
     assert_eq!(a["version"], 3, "{a}");
 }
+
+#[test]
+fn a_model_that_panics_while_scoring_fails_that_request_and_serves_the_next() {
+    // tract panics on this model's rows whose values are not 0-3
+    // (tandem_testing::write_scoring_panic_onnx).
+    let dir = tempfile::tempdir().unwrap();
+    let version = dir.path().join("repo/lookup/1");
+    std::fs::create_dir_all(&version).unwrap();
+    tandem_testing::write_scoring_panic_onnx(&version.join("model.onnx"), 2);
+    let store = dir.path().join("t.redb");
+    let server = Serve::start(
+        &["--model", s(&dir.path().join("repo")), "--store", s(&store)],
+        &[],
+    );
+    let infer = |data: &str| {
+        server.post(
+            "/v2/models/lookup/infer",
+            &format!(
+                r#"{{"inputs":[{{"name":"x","shape":[1,2],"datatype":"FP32","data":[{data}]}}]}}"#
+            ),
+        )
+    };
+    for _ in 0..3 {
+        let r = infer("9, 0");
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert!(r.body.contains("panicked while scoring"), "{}", r.body);
+        let r = infer("1, 0");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("[20.0,10.0]"), "{}", r.body);
+    }
+    let r = server.post("/v1/models/lookup:predict", r#"{"instances":[[9,0]]}"#);
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(server.get("/livez").status, 200);
+}

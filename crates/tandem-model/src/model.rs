@@ -184,14 +184,12 @@ impl Model {
     ) -> Result<Model, ModelError> {
         let load = std::panic::AssertUnwindSafe(|| Model::prepare(path, name, version, config));
         std::panic::catch_unwind(load).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("no message");
             Err(ModelError::Compile {
                 path: path.to_path_buf(),
-                detail: format!("the ONNX runtime panicked while preparing the graph: {what}"),
+                detail: format!(
+                    "the ONNX runtime panicked while preparing the graph: {}",
+                    panic_message(&*panic)
+                ),
             })
         })
     }
@@ -389,9 +387,26 @@ impl Model {
         Ok(())
     }
 
-    /// Runs row-major `values`, `width` features per row.
+    /// Runs row-major `values`, `width` features per row. A panic in the
+    /// runtime while scoring (tract indexes some tensors with input values
+    /// unchecked: a `Gather` whose indices come from the features, given
+    /// one out of range) is a [`ModelError::Run`] of these rows, never a
+    /// panic for the caller: a plan keeps no state between runs, so the
+    /// model goes on serving other rows.
     pub(crate) fn run_raw(&self, values: &[f32], width: usize) -> Result<TVec<TValue>, ModelError> {
         self.check_input(values, width)?;
+        let run = std::panic::AssertUnwindSafe(|| self.run_checked(values));
+        std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+            crate::simd::clear_upper_state();
+            Err(ModelError::Run(format!(
+                "the ONNX runtime panicked while scoring: {}",
+                panic_message(&*panic)
+            )))
+        })
+    }
+
+    /// [`Model::run_raw`] once the input is checked.
+    fn run_checked(&self, values: &[f32]) -> Result<TVec<TValue>, ModelError> {
         let err = |e: TractError| ModelError::Run(crate::error::chain(&e));
         let run =
             |plan: &Arc<TypedRunnableModel>, values: &[f32]| -> Result<TVec<TValue>, ModelError> {
@@ -656,4 +671,13 @@ fn select_output(
         Columns::All => width.unwrap_or(0),
     };
     Ok((index, columns, prediction_width))
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
 }

@@ -240,3 +240,31 @@ fn a_graph_that_makes_the_runtime_panic_is_a_compile_error() {
     // The process goes on: a good model loads after it.
     assert!(Model::load(fixtures().join("models/xgboost_regressor/1/model.onnx")).is_ok());
 }
+
+#[test]
+fn a_model_that_makes_the_runtime_panic_while_scoring_is_a_run_error() {
+    // tract's Gather indexes its data with the input's values unchecked:
+    // this model loads, scores values 0-3, and tract panics on any other.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.onnx");
+    tandem_testing::write_scoring_panic_onnx(&path, 2);
+    let m = Model::load(&path).unwrap();
+    let ok = FeatureBatch::new(vec![0.0, 1.0, 3.0, 2.0], 2).unwrap();
+    // Two output columns read as class probabilities: the second.
+    let p = m.predict(&ok).unwrap();
+    assert_eq!((p.row(0)[0], p.row(1)[0]), (20.0, 30.0));
+    let bad = FeatureBatch::new(vec![0.0, 1.0, 9.0, 2.0], 2).unwrap();
+    match m.predict(&bad) {
+        Err(ModelError::Run(detail)) => {
+            assert!(detail.contains("panicked while scoring"), "{detail}");
+            assert!(detail.contains("index out of bounds"), "{detail}");
+        }
+        other => panic!("expected a run error, got {other:?}"),
+    }
+    // The model goes on scoring, from this thread and others.
+    let p = m.predict(&ok).unwrap();
+    assert_eq!((p.row(0)[0], p.row(1)[0]), (20.0, 30.0));
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(m.predict(&ok).is_ok()));
+    });
+}

@@ -410,11 +410,81 @@ pub fn free_port() -> u16 {
 /// `Transpose` whose permutation names an axis the input does not have
 /// (tract indexes its axes with it). For the tests of load errors.
 pub fn write_panicking_onnx(path: &Path, width: usize) {
+    use tract_onnx::pb::{AttributeProto, NodeProto};
+    let transpose = NodeProto {
+        op_type: "Transpose".into(),
+        name: "transpose".into(),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        attribute: vec![AttributeProto {
+            name: "perm".into(),
+            r#type: 7, // INTS
+            ints: vec![5, 0],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    write_graph_onnx(path, width, "panics", vec![transpose], Vec::new());
+}
+
+/// Writes a well-formed ONNX file, of one input `x` of `[N, width]`
+/// floats, that loads and scores rows whose values are whole numbers from
+/// 0 to 3 (each value becomes `10 * (value + 1)`), and makes tract panic
+/// while scoring a row with any other value: the values index a table of 4
+/// (`Cast` to INT64, then `Gather`), and tract's `Gather` indexes its data
+/// with them unchecked. For the tests of errors while scoring.
+pub fn write_scoring_panic_onnx(path: &Path, width: usize) {
+    use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
+    let cast = NodeProto {
+        op_type: "Cast".into(),
+        name: "cast".into(),
+        input: vec!["x".into()],
+        output: vec!["i".into()],
+        attribute: vec![AttributeProto {
+            name: "to".into(),
+            r#type: 2, // INT
+            i: 7,      // INT64
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let gather = NodeProto {
+        op_type: "Gather".into(),
+        name: "gather".into(),
+        input: vec!["table".into(), "i".into()],
+        output: vec!["y".into()],
+        attribute: vec![AttributeProto {
+            name: "axis".into(),
+            r#type: 2, // INT
+            i: 0,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let table = TensorProto {
+        name: "table".into(),
+        dims: vec![4],
+        data_type: 1, // FLOAT
+        float_data: vec![10.0, 20.0, 30.0, 40.0],
+        ..Default::default()
+    };
+    write_graph_onnx(path, width, "lookup", vec![cast, gather], vec![table]);
+}
+
+/// Writes an ONNX model of `nodes` (opset 13) from one input `x` of
+/// `[N, width]` floats to one output `y`.
+fn write_graph_onnx(
+    path: &Path,
+    width: usize,
+    name: &str,
+    nodes: Vec<tract_onnx::pb::NodeProto>,
+    initializer: Vec<tract_onnx::pb::TensorProto>,
+) {
     use prost::Message;
     use tensor_shape_proto::dimension::Value as Dim;
     use tract_onnx::pb::{
-        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
-        TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+        GraphProto, ModelProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+        tensor_shape_proto, type_proto,
     };
     let dim = |d: Dim| tensor_shape_proto::Dimension {
         value: Some(d),
@@ -436,19 +506,6 @@ pub fn write_panicking_onnx(path: &Path, width: usize) {
         }),
         ..Default::default()
     };
-    let transpose = NodeProto {
-        op_type: "Transpose".into(),
-        name: "transpose".into(),
-        input: vec!["x".into()],
-        output: vec!["y".into()],
-        attribute: vec![AttributeProto {
-            name: "perm".into(),
-            r#type: 7, // INTS
-            ints: vec![5, 0],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
     let model = ModelProto {
         ir_version: 8,
         producer_name: "tandem-testing".into(),
@@ -457,8 +514,9 @@ pub fn write_panicking_onnx(path: &Path, width: usize) {
             version: 13,
         }],
         graph: Some(GraphProto {
-            name: "panics".into(),
-            node: vec![transpose],
+            name: name.into(),
+            node: nodes,
+            initializer,
             input: vec![input],
             output: vec![ValueInfoProto {
                 name: "y".into(),
