@@ -20,6 +20,9 @@
 //! - `model`: `mget`, then the row (features in the model's order, `f0`,
 //!   `f1`, ...) scored by the model given as a fourth argument, through
 //!   tandem's batcher and model thread, the prediction in the answer;
+//! - `memory` (row (a)'s floor): the batch prediction (`pred:{id}`) read
+//!   by merged `MGET`s as in `mget` and then kept in memory for good, the
+//!   answer built from it;
 //! - `write`: `model`, then the prediction written back (`SET pred:{id}
 //!   ... PX 3600000`, pipelined by one task, one write in flight) unless
 //!   the same prediction was written for the entity less than a second
@@ -130,8 +133,78 @@ struct Scoring {
     batcher: Batcher,
 }
 
+/// Row (a)'s floor: batch predictions kept in memory once read, never
+/// dropped, with no TTL, no size bound and no staleness rule.
+struct Memory {
+    shards: Vec<Mutex<HashMap<String, (f64, f64)>>>,
+}
+
+impl Memory {
+    fn new() -> Memory {
+        Memory {
+            shards: (0..64).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, entity: &str) -> &Mutex<HashMap<String, (f64, f64)>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        entity.hash(&mut h);
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Stored {
+    prediction: f64,
+    timestamp: f64,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn stored_answer(entity: &str, (prediction, timestamp): (f64, f64), source: &str) -> Response {
+    let age_ms = ((unix_now() - timestamp) * 1000.0).max(0.0) as u64;
+    json(format!(
+        r#"{{"entity_id":"{entity}","prediction":{prediction},"source":"{source}","model":"xgboost_200x6","version":1,"computed_at":{timestamp},"age_ms":{age_ms},"warnings":[]}}"#
+    ))
+}
+
+async fn hybrid(floor: &Floor, memory: &Memory, entity: String) -> Response {
+    let hit = memory
+        .shard(&entity)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&entity)
+        .copied();
+    if let Some(hit) = hit {
+        return stored_answer(&entity, hit, "memory");
+    }
+    let bytes = match floor.reader.read(format!("pred:{entity}")).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return (StatusCode::NOT_FOUND, "no prediction").into_response(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    };
+    let stored: Stored = match serde_json::from_slice(&bytes) {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let record = (stored.prediction, stored.timestamp);
+    memory
+        .shard(&entity)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(entity.clone(), record);
+    stored_answer(&entity, record, "store")
+}
+
 #[derive(Clone)]
 struct Floor {
+    memory: Option<Arc<Memory>>,
     reader: Reader,
     scoring: Option<Arc<Scoring>>,
     writes: Option<mpsc::UnboundedSender<(String, String)>>,
@@ -143,6 +216,9 @@ fn json(body: String) -> Response {
 }
 
 async fn predict(State(floor): State<Floor>, Path(entity): Path<String>) -> Response {
+    if let Some(memory) = &floor.memory {
+        return hybrid(&floor, memory, entity).await;
+    }
     let row = match floor.reader.read(format!("features:{entity}")).await {
         Ok(Some(row)) if !row.is_empty() => row,
         Ok(_) => return (StatusCode::NOT_FOUND, "no features").into_response(),
@@ -223,13 +299,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await?;
             let reader = match mode.as_str() {
                 "get" => Reader::Get(conn.clone()),
-                "mget" | "model" | "write" => {
+                "mget" | "model" | "write" | "memory" => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     tokio::spawn(merge(conn.clone(), rx));
                     Reader::Merged(tx)
                 }
                 other => {
-                    return Err(format!("mode is get, mget, model or write, not {other:?}").into());
+                    return Err(format!(
+                        "mode is get, mget, model, write or memory, not {other:?}"
+                    )
+                    .into());
                 }
             };
             let scoring = if matches!(mode.as_str(), "model" | "write") {
@@ -251,6 +330,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tx
             });
             let floor = Floor {
+                memory: (mode == "memory").then(|| Arc::new(Memory::new())),
                 reader,
                 scoring,
                 writes,
