@@ -9,7 +9,10 @@
 #   model  feature read + model
 #   mget   feature read only
 #
-#   scripts/bench/serve-floor.sh ROUNDS [TANDEM_BIN]
+# With ROW=a, row (a) instead, against the floor's memory mode (batch
+# predictions read from Redis once, then kept in memory for good).
+#
+#   [ROW=a] scripts/bench/serve-floor.sh ROUNDS [TANDEM_BIN]
 #
 # Needs the ceiling, feature_floor and batch_bench examples of a release
 # build (T, default $CARGO_TARGET_DIR/release), redis-server and wrk;
@@ -21,7 +24,7 @@ T="${T:-${CARGO_TARGET_DIR:-target}/release}"
 BIN=${2:-$T/tandem}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-for mode in write model mget; do
+for mode in write model mget memory; do
   # serve-ab.sh starts each build as `BIN serve --model M --store URL --listen ADDR`.
   cat >"$W/floor-$mode" <<SH
 #!/bin/sh
@@ -33,4 +36,8 @@ exec "$T/examples/feature_floor" "\$L" "\$S" $mode "\$M"
 SH
   chmod +x "$W/floor-$mode"
 done
-scripts/bench/serve-ab.sh "$ROUNDS" b "$BIN" "$W/floor-write" "$W/floor-model" "$W/floor-mget"
+if [ "${ROW:-b}" = a ]; then
+  scripts/bench/serve-ab.sh "$ROUNDS" a "$BIN" "$W/floor-memory"
+else
+  scripts/bench/serve-ab.sh "$ROUNDS" b "$BIN" "$W/floor-write" "$W/floor-model" "$W/floor-mget"
+fi
